@@ -1,0 +1,5 @@
+import sys
+
+from specref.cli import main
+
+sys.exit(main())
