@@ -1,0 +1,198 @@
+"""Distributions over a vocabulary: validation, temperature, top-k / top-p filters, total variation.
+
+Every function here is pure tensor math over the last dimension ``[..., V]``. Nothing syncs with the host
+except the explicit validators, which the hot loop of the decoder does not call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "check_distribution",
+    "check_logits",
+    "check_same_vocab",
+    "normalize",
+    "one_hot_argmax",
+    "probs_from_logits",
+    "sample_categorical",
+    "temper",
+    "top_k_filter",
+    "top_p_filter",
+    "tv",
+]
+
+DEFAULT_ATOL = 1e-4
+
+
+def _require_float(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"{name} must have a non-empty last (vocabulary) dimension, got shape {tuple(x.shape)}")
+
+
+def check_distribution(x: Tensor, name: str = "probs", atol: float = DEFAULT_ATOL) -> Tensor:
+    """Raise ``ValueError`` unless ``x`` ``[..., V]`` is finite, non-negative and sums to 1 along ``V``.
+
+    Returns ``x`` so calls can be chained. This syncs with the host; keep it out of hot loops.
+    """
+    _require_float(x, name)
+    if x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    most_negative = float(x.min())
+    if most_negative < -atol:
+        raise ValueError(f"{name} has a negative entry ({most_negative:.3g}); probabilities must be >= 0")
+    sums = x.sum(dim=-1)
+    worst = float((sums - 1).abs().max())
+    if worst > atol * max(1.0, math.sqrt(x.shape[-1]) / 10):
+        raise ValueError(
+            f"{name} does not sum to 1 along the vocabulary dimension (worst row sums to "
+            f"{float(sums.flatten()[(sums - 1).abs().flatten().argmax()]):.6g}); pass probabilities, not logits"
+        )
+    return x
+
+
+def check_logits(x: Tensor, name: str = "logits") -> Tensor:
+    """Raise ``ValueError`` if ``x`` ``[..., V]`` has NaN or +inf entries (-inf masks a token and is fine)."""
+    _require_float(x, name)
+    if bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any()):
+        raise ValueError(f"{name} contain NaN or +inf")
+    if bool(torch.isneginf(x).all(dim=-1).any()):
+        raise ValueError(f"{name} mask every token of some row (all -inf)")
+    return x
+
+
+def check_same_vocab(q: Tensor, p: Tensor, names: tuple[str, str] = ("q", "p")) -> None:
+    """Raise ``ValueError`` unless two distributions share shape, vocabulary size, dtype and device."""
+    if q.shape[-1] != p.shape[-1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} have different vocabulary sizes ({q.shape[-1]} vs {p.shape[-1]}); "
+            "draft and target must share one vocabulary"
+        )
+    if q.shape != p.shape:
+        raise ValueError(f"{names[0]} and {names[1]} have different shapes: {tuple(q.shape)} vs {tuple(p.shape)}")
+    if q.device != p.device:
+        raise ValueError(f"{names[0]} and {names[1]} are on different devices: {q.device} vs {p.device}")
+
+
+def normalize(x: Tensor) -> Tensor:
+    """Rescale non-negative ``x`` ``[..., V]`` to sum to 1; an all-zero row stays all-zero."""
+    total = x.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), x)
+
+
+def one_hot_argmax(x: Tensor) -> Tensor:
+    """One-hot of the argmax of ``x`` ``[..., V]``; ties go to the LOWEST index (torch.argmax's rule)."""
+    return torch.nn.functional.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
+
+
+def temper(probs: Tensor, temperature: float) -> Tensor:
+    """Temperature-scale a distribution ``[..., V]``: ``probs ** (1 / T)`` renormalised.
+
+    ``T = 0`` gives the one-hot argmax (lowest index on ties), ``T = 1`` returns ``probs`` unchanged.
+    """
+    temperature = _check_temperature(temperature)
+    if temperature == 1.0:
+        return probs
+    if temperature == 0.0:
+        return one_hot_argmax(probs)
+    logp = torch.log(probs)  # zeros become -inf and stay zero after softmax
+    return torch.softmax(logp / temperature, dim=-1)
+
+
+def _check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return t
+
+
+def top_k_filter(probs: Tensor, k: int | None) -> Tensor:
+    """Keep the ``k`` most likely tokens of ``probs`` ``[..., V]`` and renormalise.
+
+    Ties at the boundary are broken towards the lower token index so the result is deterministic.
+    ``k`` of None or >= V is a no-op.
+    """
+    if k is None:
+        return probs
+    if int(k) != k or k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {k!r}")
+    if k >= probs.shape[-1]:
+        return probs
+    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order[..., : int(k)], True)
+    return normalize(torch.where(keep, probs, torch.zeros_like(probs)))
+
+
+def top_p_filter(probs: Tensor, top_p: float | None) -> Tensor:
+    """Nucleus filter: keep the smallest most-likely set whose mass reaches ``top_p``, renormalised.
+
+    The most likely token is always kept; ties are ordered by token index. ``top_p`` of None or 1 is a no-op.
+    """
+    if top_p is None:
+        return probs
+    tp = float(top_p)
+    if not (0.0 < tp <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if tp == 1.0:
+        return probs
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    keep_sorted = mass_before < tp
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return normalize(torch.where(keep, probs, torch.zeros_like(probs)))
+
+
+def probs_from_logits(
+    logits: Tensor,  # [..., V]
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Turn logits into (untempered probs, tempered-and-filtered probs), both ``[..., V]``.
+
+    The first is what deferral rules read, the second what is sampled and mixed (THEORY.md section 5).
+    Filters apply after temperature, the order Hugging Face uses. Computed in float32 at least.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.to(dtype)
+    raw = torch.softmax(logits, dim=-1)
+    t = _check_temperature(temperature)
+    if t == 0.0:
+        sampled = one_hot_argmax(logits)
+    elif t == 1.0:
+        sampled = raw
+    else:
+        sampled = torch.softmax(logits / t, dim=-1)
+    sampled = top_p_filter(top_k_filter(sampled, top_k), top_p)
+    return raw, sampled
+
+
+def tv(p: Tensor, q: Tensor) -> Tensor:
+    """Total variation distance ``sum_v max(0, p(v) - q(v))`` over the last dimension: ``[..., V] -> [...]``."""
+    return (p - q).clamp_min(0).sum(dim=-1)
+
+
+def sample_categorical(probs: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draw from ``probs`` ``[..., V]`` with uniforms ``u`` ``[...]`` in [0, 1): ``[...]`` long.
+
+    Explicit uniforms make a path reproducible and let a row's randomness be keyed by its own counter.
+    A zero-probability token is never returned, even when rounding pushes ``u * total`` to the top.
+    """
+    cdf = torch.cumsum(probs, dim=-1)
+    total = cdf[..., -1:]
+    x = (u.to(cdf.dtype).unsqueeze(-1) * total).contiguous()
+    idx = torch.searchsorted(cdf.contiguous(), x, right=True).squeeze(-1)
+    positive = probs > 0
+    last_positive = probs.shape[-1] - 1 - positive.flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(idx, last_positive)

@@ -1,0 +1,403 @@
+"""Deferral rules: each turns the draft/target pair at a position into a defer decision and a target pi.
+
+Every rule reads the UNtempered pair ``(q_rule, p_rule)`` for its decision and mixes the tempered pair
+``(q, p)`` that is actually sampled (THEORY.md section 5). All tensors are ``[..., V]``; decisions are
+``[...]`` for whole-position rules and ``[..., V]`` for token-specific ones. ``defer = 1`` means "use the
+target". Strict ``<`` defers; equality keeps the draft.
+
+Use :func:`get` to build a rule by name::
+
+    rule = specref.rules.get("token_v3", alpha=0.3)
+    out = rule(q, p, q_rule=q_raw, p_rule=p_raw)   # out.pi, out.defer, out.accept, out.residual
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from specref import genspec
+from specref.dists import check_distribution, check_same_vocab, normalize, tv
+
+__all__ = [
+    "NAMES",
+    "DeferralHead",
+    "Rule",
+    "RuleOutput",
+    "get",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class RuleOutput:
+    """What a rule decides at each position.
+
+    Attributes:
+        pi: ``[..., V]`` the distribution the verifier samples from (the emitted token is exactly ``pi``).
+        defer: ``[...]`` (whole-position rules) or ``[..., V]`` (token rules) in [0, 1]; 1 = use the target.
+        accept: ``[..., V]`` probability of accepting a drafted candidate ``v``.
+        residual: ``[..., V]`` distribution drawn from after a rejection.
+    """
+
+    pi: Tensor
+    defer: Tensor
+    accept: Tensor
+    residual: Tensor
+
+    def rejection_rate(self, q: Tensor) -> Tensor:
+        """Probability ``[...]`` that a draft ``v ~ q`` is rejected at each position."""
+        return genspec.rejection_rate(q, self.accept)
+
+
+class Rule:
+    """Base class. Subclasses implement :meth:`decide`; whole-position rules mix ``(1 - r) q + r p``."""
+
+    name: str = "rule"
+    token_level: bool = False
+    #: False only for draft-only decoding, which never needs the target's distribution.
+    needs_target: bool = True
+
+    def __init__(self, alpha: float = 0.0) -> None:
+        self.alpha = _check_alpha(alpha, self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alpha={self.alpha!r})"
+
+    # -- to override -------------------------------------------------------------------------------
+    def decide(self, q_rule: Tensor, p_rule: Tensor, q: Tensor, p: Tensor, features: Any = None) -> Tensor:
+        """Defer decision: ``[...]`` for whole-position rules, ``[..., V]`` for token rules."""
+        raise NotImplementedError
+
+    def mix(self, defer: Tensor, q: Tensor, p: Tensor) -> Tensor:
+        """Target distribution ``pi`` ``[..., V]`` from the decision and the tempered pair."""
+        if self.token_level:
+            eta = (q * defer).sum(dim=-1, keepdim=True)
+            return q * (1 - defer) + p * eta
+        r = defer.unsqueeze(-1)
+        return (1 - r) * q + r * p
+
+    def verification(self, q: Tensor, p: Tensor, pi: Tensor, defer: Tensor) -> tuple[Tensor, Tensor]:
+        """(accept, residual) pair used to verify drafts; GenSpecSample against ``pi`` by default."""
+        return genspec.acceptance(q, pi), genspec.residual(q, pi)
+
+    # -- public --------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        q: Tensor,  # [..., V] draft distribution, tempered and filtered (what is sampled)
+        p: Tensor,  # [..., V] target distribution, tempered and filtered
+        q_rule: Tensor | None = None,  # [..., V] untempered draft distribution (defaults to q)
+        p_rule: Tensor | None = None,  # [..., V] untempered target distribution (defaults to p)
+        features: Any = None,
+        validate: bool = True,
+    ) -> RuleOutput:
+        q_rule = q if q_rule is None else q_rule
+        p_rule = p if p_rule is None else p_rule
+        if validate:
+            for name, x in (("q", q), ("p", p), ("q_rule", q_rule), ("p_rule", p_rule)):
+                check_distribution(x, name)
+            check_same_vocab(q, p)
+            check_same_vocab(q_rule, q, ("q_rule", "q"))
+            check_same_vocab(p_rule, p, ("p_rule", "p"))
+        defer = self.decide(q_rule, p_rule, q, p, features).to(q.dtype)
+        pi = self.mix(defer, q, p)
+        accept, resid = self.verification(q, p, pi, defer)
+        return RuleOutput(pi=pi, defer=defer, accept=accept, residual=resid)
+
+
+def _check_alpha(alpha: float, name: str) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha for rule {name!r} must be a number, got {alpha!r}") from None
+    if math.isnan(a):
+        raise ValueError(f"alpha for rule {name!r} is NaN")
+    return a
+
+
+def _max(x: Tensor) -> Tensor:
+    return x.max(dim=-1).values
+
+
+# ---- trivial targets -------------------------------------------------------------------------------
+
+
+class TargetRule(Rule):
+    """pi = p. As a decoding method, ``target`` means target-only decoding (no drafts)."""
+
+    name = "target"
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device)
+
+
+class SpecDecodeRule(TargetRule):
+    """Lossless speculative decoding (Leviathan et al. 2023; Chen et al. 2023): pi = p."""
+
+    name = "specdecode"
+
+
+class DraftRule(Rule):
+    """pi = q: every draft is accepted. As a decoding method, draft-only decoding."""
+
+    name = "draft"
+    needs_target = False
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
+
+
+class EnsembleRule(Rule):
+    """Constant fractional deferral pi = w p + (1 - w) q (transformers' ``assistant_ensemble_weight``).
+
+    Pass ``weight=w`` in [0, 1]; or ``alpha`` as lenience, meaning ``w = 1 - alpha``.
+    """
+
+    name = "ensemble"
+
+    def __init__(self, alpha: float | None = None, weight: float | None = None) -> None:
+        if (alpha is None) == (weight is None):
+            raise ValueError("ensemble takes exactly one of weight (on the target) or alpha (= 1 - weight)")
+        w = 1.0 - _check_alpha(alpha, self.name) if weight is None else float(weight)
+        if not (0.0 <= w <= 1.0):
+            raise ValueError(f"ensemble weight must be in [0, 1], got {w!r}")
+        self.weight = w
+        super().__init__(1.0 - w)
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return torch.full(q.shape[:-1], self.weight, dtype=q.dtype, device=q.device)
+
+
+class LossyRule(Rule):
+    """Lossy speculative decoding (Leviathan et al. App. A.5; Tran-Thien 2023).
+
+    Accept a draft ``v`` with ``min(1, p(v) / ((1 - alpha) q(v)))``; on rejection draw from
+    ``norm(max(0, p - beta q))``. Its emitted distribution is Lemma 2's
+    ``pi = min(q, p/(1-alpha)) + (1 - sum min(q, p/(1-alpha))) norm(max(0, p - beta q))``.
+    ``defer[..., v]`` is the probability that drafted ``v`` is sent to the residual, ``1 - accept(v)``.
+    ``beta`` in [0, 1] guarantees the residual has mass whenever a rejection can happen.
+    """
+
+    name = "lossy"
+    token_level = True
+
+    def __init__(self, alpha: float = 0.0, beta: float = 1.0) -> None:
+        super().__init__(alpha)
+        if not (0.0 <= self.alpha < 1.0):
+            raise ValueError(f"lossy alpha must be in [0, 1), got {alpha!r}")
+        b = float(beta)
+        if not (0.0 <= b <= 1.0):
+            raise ValueError(f"lossy beta must be in [0, 1], got {beta!r}")
+        self.beta = b
+
+    def __repr__(self) -> str:
+        return f"LossyRule(alpha={self.alpha!r}, beta={self.beta!r})"
+
+    def _accept(self, q: Tensor, p: Tensor) -> Tensor:
+        scaled = (1 - self.alpha) * q
+        safe = torch.where(scaled > 0, scaled, torch.ones_like(q))
+        return torch.where(scaled > 0, (p / safe).clamp(max=1.0), torch.ones_like(q))
+
+    def _residual(self, q: Tensor, p: Tensor) -> Tensor:
+        excess = (p - self.beta * q).clamp_min(0)
+        # beta = 1 and p = q: no rejection can happen; keep the residual a valid distribution anyway.
+        mass = excess.sum(dim=-1, keepdim=True)
+        return torch.where(mass > 16 * torch.finfo(q.dtype).eps, normalize(excess), p)
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return 1 - self._accept(q, p)
+
+    def mix(self, defer, q, p):
+        return genspec.emitted(q, 1 - defer, self._residual(q, p))
+
+    def verification(self, q, p, pi, defer):
+        return 1 - defer, self._residual(q, p)
+
+
+# ---- whole-position cascade rules (Section 3) ---------------------------------------------------------
+
+
+class ChowRule(Rule):
+    """Chow (Eq. 2): defer iff ``max_v q(v) < 1 - alpha``."""
+
+    name = "chow"
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return _max(q_rule) < 1 - self.alpha
+
+
+class DiffRule(Rule):
+    """Diff (Eq. 5): defer iff ``max_v q(v) < max_v p(v) - alpha``."""
+
+    name = "diff"
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return _max(q_rule) < _max(p_rule) - self.alpha
+
+
+class OptRule(Rule):
+    """OPT (Eq. 10): defer iff ``max_v q(v) < max_v p(v) - alpha * TV(p, q)``.
+
+    The maxima are read on the untempered pair, the TV on the tempered pair that is sampled (the cost it
+    prices is the rejection rate of the tempered mixture, Lemma 3).
+    """
+
+    name = "opt"
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        d = tv(p, q)
+        # alpha = +-inf with TV = 0 would give NaN; with TV = 0 the decision does not change pi anyway.
+        penalty = torch.where(d > 0, self.alpha * d, torch.zeros_like(d))
+        return _max(q_rule) < _max(p_rule) - penalty
+
+
+# ---- token-specific rules (Section 4) -----------------------------------------------------------------
+
+
+class TokenV1Rule(Rule):
+    """TokenV1 (Eq. 13): defer candidate v iff ``q(v) < max_u p(u) - alpha``."""
+
+    name = "token_v1"
+    token_level = True
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return q_rule < (_max(p_rule) - self.alpha).unsqueeze(-1)
+
+
+class TokenV2Rule(Rule):
+    """TokenV2 (Eq. 14): defer candidate v iff ``p(v) < max_u p(u) - alpha``."""
+
+    name = "token_v2"
+    token_level = True
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        return p_rule < (_max(p_rule) - self.alpha).unsqueeze(-1)
+
+
+class TokenV3Rule(Rule):
+    """TokenV3 (Eq. 15): defer candidate v iff ``p(v) < (1 - alpha) max_u p(u)``.
+
+    Keeps the "min-p" set of the target. ``alpha = 0`` is NOT SpecDecode: tokens tied for the target's
+    argmax are kept without a coin.
+    """
+
+    name = "token_v3"
+    token_level = True
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        threshold = _max(p_rule)
+        # (1 - alpha) * max with alpha = -inf would be inf * 0 when max is 0 (never: max >= 1/V).
+        return p_rule < ((1 - self.alpha) * threshold).unsqueeze(-1)
+
+
+# ---- learned rules ------------------------------------------------------------------------------------
+
+
+class DeferralHead(Protocol):
+    """What ``rules.get("learned", head=...)`` needs from a trained head (see ``specref.heads``).
+
+    ``kind == "cascade"``: ``estimate`` returns ``[..., 2]`` estimated expected losses of keeping the draft
+    and of deferring, ``(loss_q, loss_p)``; the rule defers iff ``loss_q > loss_p + alpha * TV(p, q)``
+    (the plug-in of Lemma 4 with learned estimates).
+    ``kind == "token"``: ``estimate`` returns ``[..., V]`` estimated probability that each candidate is
+    correct; the rule defers candidate v iff ``score(v) < max_u score(u) - alpha`` (the token oracle's
+    plug-in, THEORY.md section 6).
+    """
+
+    kind: str
+
+    def estimate(self, q_rule: Tensor, p_rule: Tensor, q: Tensor, p: Tensor, features: Any = None) -> Tensor:
+        ...
+
+
+class LearnedRule(Rule):
+    """Defers with a learned estimator of the expected losses (cascade) or token correctness (token)."""
+
+    name = "learned"
+
+    def __init__(self, head: DeferralHead, alpha: float = 0.0) -> None:
+        super().__init__(alpha)
+        kind = getattr(head, "kind", None)
+        if kind not in ("cascade", "token") or not callable(getattr(head, "estimate", None)):
+            raise ValueError(
+                "learned rule needs a head with kind 'cascade' or 'token' and an estimate(...) method, "
+                f"got {type(head).__name__}"
+            )
+        self.head = head
+        self.token_level = kind == "token"
+
+    def __repr__(self) -> str:
+        return f"LearnedRule(head={type(self.head).__name__}, kind={self.head.kind!r}, alpha={self.alpha!r})"
+
+    def decide(self, q_rule, p_rule, q, p, features=None):
+        est = self.head.estimate(q_rule, p_rule, q, p, features)
+        if self.token_level:
+            if est.shape != q.shape:
+                raise ValueError(f"token head returned shape {tuple(est.shape)}, expected {tuple(q.shape)}")
+            return est < (_max(est) - self.alpha).unsqueeze(-1)
+        if est.shape != (*q.shape[:-1], 2):
+            raise ValueError(f"cascade head returned shape {tuple(est.shape)}, expected {(*q.shape[:-1], 2)}")
+        d = tv(p, q)
+        penalty = torch.where(d > 0, self.alpha * d, torch.zeros_like(d))
+        return est[..., 0] > est[..., 1] + penalty
+
+
+# ---- registry -------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., Rule]] = {
+    "target": TargetRule,
+    "draft": DraftRule,
+    "specdecode": SpecDecodeRule,
+    "lossy": LossyRule,
+    "ensemble": EnsembleRule,
+    "chow": ChowRule,
+    "diff": DiffRule,
+    "opt": OptRule,
+    "token_v1": TokenV1Rule,
+    "token_v2": TokenV2Rule,
+    "token_v3": TokenV3Rule,
+    "learned": LearnedRule,
+}
+
+#: Rules whose behaviour does not depend on alpha (``get`` accepts and ignores none for them).
+_NO_ALPHA = {"target", "draft", "specdecode"}
+
+
+def NAMES() -> tuple[str, ...]:  # noqa: N802 - reads like a constant, stays current after register()
+    """All registered rule names."""
+    return tuple(_REGISTRY)
+
+
+def register(name: str, factory: Callable[..., Rule]) -> None:
+    """Add a rule factory under ``name`` (an existing name is an error, to avoid silent shadowing)."""
+    if name in _REGISTRY:
+        raise ValueError(f"a rule named {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def get(name: str, alpha: float | None = None, **options: Any) -> Rule:
+    """Build the rule ``name`` with lenience ``alpha`` and rule-specific options.
+
+    ``target``, ``draft`` and ``specdecode`` take no alpha. ``lossy`` takes ``alpha`` in [0, 1) and
+    ``beta`` (default 1); ``ensemble`` takes ``weight`` (or ``alpha = 1 - weight``); ``learned`` takes
+    ``head``. Every other rule takes ``alpha`` (default 0); +-inf are allowed and give the limits
+    (``-inf``: SpecDecode; ``+inf``: draft-only).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown rule {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    factory = _REGISTRY[name]
+    if name in _NO_ALPHA:
+        if alpha is not None or options:
+            raise ValueError(f"rule {name!r} takes no alpha or options, got alpha={alpha!r}, {options}")
+        return factory()
+    if name == "ensemble":
+        return factory(alpha=alpha, **options)
+    try:
+        return factory(alpha=0.0 if alpha is None else alpha, **options)
+    except TypeError as err:
+        raise ValueError(f"bad options for rule {name!r}: {err}") from None
