@@ -7,6 +7,7 @@ except the explicit validators, which the hot loop of the decoder does not call.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -110,7 +111,10 @@ def temper(probs: Tensor, temperature: float) -> Tensor:
 
 
 def _check_temperature(temperature: float) -> float:
-    t = float(temperature)
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        t = math.nan  # reported below with the same message as any other bad value
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     return t
@@ -124,7 +128,7 @@ def top_k_filter(probs: Tensor, k: int | None) -> Tensor:
     """
     if k is None:
         return probs
-    if int(k) != k or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or int(k) != k or k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {k!r}")
     if k >= probs.shape[-1]:
         return probs
@@ -140,7 +144,10 @@ def top_p_filter(probs: Tensor, top_p: float | None) -> Tensor:
     """
     if top_p is None:
         return probs
-    tp = float(top_p)
+    try:
+        tp = float(top_p)
+    except (TypeError, ValueError):
+        tp = math.nan  # reported below
     if not (0.0 < tp <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if tp == 1.0:

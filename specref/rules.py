@@ -120,6 +120,14 @@ def _check_alpha(alpha: float, name: str) -> float:
     return a
 
 
+def _as_float(x: Any) -> float:
+    """``float(x)``, or NaN for a non-number, so range checks report it with their own clear message."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _max(x: Tensor) -> Tensor:
     return x.max(dim=-1).values
 
@@ -163,9 +171,9 @@ class EnsembleRule(Rule):
     def __init__(self, alpha: float | None = None, weight: float | None = None) -> None:
         if (alpha is None) == (weight is None):
             raise ValueError("ensemble takes exactly one of weight (on the target) or alpha (= 1 - weight)")
-        w = 1.0 - _check_alpha(alpha, self.name) if weight is None else float(weight)
+        w = 1.0 - _check_alpha(alpha, self.name) if weight is None else _as_float(weight)
         if not (0.0 <= w <= 1.0):
-            raise ValueError(f"ensemble weight must be in [0, 1], got {w!r}")
+            raise ValueError(f"ensemble weight must be in [0, 1], got {w if weight is None else weight!r}")
         self.weight = w
         super().__init__(1.0 - w)
 
@@ -190,7 +198,7 @@ class LossyRule(Rule):
         super().__init__(alpha)
         if not (0.0 <= self.alpha < 1.0):
             raise ValueError(f"lossy alpha must be in [0, 1), got {alpha!r}")
-        b = float(beta)
+        b = _as_float(beta)
         if not (0.0 <= b <= 1.0):
             raise ValueError(f"lossy beta must be in [0, 1], got {beta!r}")
         self.beta = b
