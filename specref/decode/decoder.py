@@ -1,0 +1,608 @@
+"""The speculative-cascade decoder: batched rounds of draft -> one target call -> rule -> verify -> emit.
+
+Build one with :func:`make_decoder` (any method by name) or :class:`SpecCascadeDecoder` (any rule)::
+
+    dec = make_decoder(draft_model, target_model, "token_v3", alpha=0.3, gamma=5)
+    out = dec.generate(input_ids, attention_mask, max_new_tokens=64, temperature=1.0, seed=0)
+    out.sequences, out.lengths, out.stats.summary()
+
+A round, for every row at once (THEORY.md section 7):
+
+1. the draft runs ``gamma + 1`` one-token steps on its KV cache, feeding the row's pending token and then its
+   own drafts, keeping ``q`` at each step; step ``gamma`` gives ``q`` at the bonus position (needed by
+   ``bonus="pi"``) and the KV entry of the last draft (needed next round whenever all drafts pass);
+2. the target scores the ``gamma + 1`` positions in ONE forward;
+3. the rule reads the untempered pair and mixes the tempered pair; :func:`specref.verify.verify_block`
+   accepts a prefix of the drafts and draws the residual / bonus token, with uniforms keyed by (row seed,
+   absolute token index, stream) so a row's output never depends on the rest of the batch;
+4. rows emit 1..gamma+1 tokens (cut at EOS and max_new_tokens); rejected drafts become masked holes in both
+   caches (see :mod:`specref.decode.kvcache`);
+5. ONE host sync reads a small tensor (non-finite logits flag, rows still running, cache summaries); finished
+   rows leave the batch and caches are tidied.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from specref import rules as rules_mod
+from specref.decode.adapters import ModelAdapter, Session, check_prompts, shared_vocab_size
+from specref.decode.stats import DecodeStats, RoundRecord, Timer, _Counters, entropy
+from specref.dists import probs_from_logits, sample_categorical, tv
+from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, keyed_uniform
+from specref.verify import PAD, BlockUniforms, verify_block
+
+__all__ = [
+    "METHODS",
+    "RULE_METHODS",
+    "BaseDecoder",
+    "GenerateOutput",
+    "NonFiniteLogitsError",
+    "SpecCascadeDecoder",
+    "make_decoder",
+]
+
+#: Methods that run the speculative round loop with a rule from :mod:`specref.rules`.
+RULE_METHODS = ("specdecode", "lossy", "ensemble", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "learned")
+#: Every method :func:`make_decoder` accepts.
+METHODS = ("target", "draft", *RULE_METHODS, "token_cascade", "seq_cascade", "bild")
+
+
+class NonFiniteLogitsError(ValueError):
+    """A model produced NaN or +inf logits (or masked every token) at a position the decoder uses."""
+
+
+@dataclass
+class GenerateOutput:
+    """Result of ``generate``.
+
+    Attributes:
+        sequences: ``[B, max_new_tokens]`` long, generated tokens (prompt excluded), ``-1`` after each row's end.
+        lengths: ``[B]`` long, tokens generated per row (an EOS token is included and ends the row).
+        stats: :class:`~specref.decode.stats.DecodeStats`.
+    """
+
+    sequences: Tensor
+    lengths: Tensor
+    stats: DecodeStats
+
+    def token_lists(self) -> list[list[int]]:
+        """Ragged Python lists of each row's generated tokens."""
+        return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
+
+
+# ---- argument checks --------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int | None, float | None]:
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}") from None
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None:
+        top_k = _check_int("top_k", top_k, 1)
+    if top_p is not None:
+        try:
+            top_p = float(top_p)
+        except (TypeError, ValueError):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}") from None
+        if not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    return t, top_k, top_p
+
+
+def _seeds(seed: Any, batch: int, device: torch.device) -> Tensor:
+    if isinstance(seed, Tensor):
+        seed = seed.tolist()
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise ValueError(f"seed list has {len(seed)} entries for a batch of {batch} rows")
+        vals = [_check_int("seed", s, -(2**63)) for s in seed]
+    else:
+        base = _check_int("seed", seed, -(2**63))
+        vals = [base + i for i in range(batch)]
+    return torch.tensor(vals, dtype=torch.long, device=device)
+
+
+def _eos(eos_token_id: Any, vocab: int, device: torch.device) -> Tensor:
+    if eos_token_id is None:
+        ids: list[int] = []
+    elif isinstance(eos_token_id, (list, tuple, set)):
+        ids = [_check_int("eos_token_id", e, 0) for e in eos_token_id]
+    else:
+        ids = [_check_int("eos_token_id", eos_token_id, 0)]
+    for e in ids:
+        if e >= vocab:
+            raise ValueError(f"eos_token_id {e} is outside the shared vocabulary of {vocab} tokens")
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+# ---- per-call context and per-row state ---------------------------------------------------------------
+
+
+class _Ctx:
+    """Everything one ``generate`` call needs, shared by the methods' loops."""
+
+    def __init__(
+        self,
+        dec: BaseDecoder,
+        input_ids: Tensor,
+        mask: Tensor,
+        max_new: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seeds: Tensor,
+        eos: Tensor,
+        on_round: Callable[[RoundRecord], Any] | None,
+        block: int,
+    ) -> None:
+        self.dec = dec
+        self.input_ids, self.mask = input_ids, mask
+        self.batch = input_ids.shape[0]
+        self.device = input_ids.device
+        self.max_new = max_new
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.seeds, self.eos = seeds, eos
+        self.on_round = on_round
+        self.out = torch.full((self.batch, max_new + block + 1), PAD, dtype=torch.long, device=self.device)
+        self.lengths = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.counters = _Counters(self.batch, getattr(dec, "gamma", 0) or 0, self.device)
+        self.draft_forwards = self.target_forwards = self.prefill_forwards = 0
+        self.rounds = 0
+        self.extra: dict[str, Tensor] = {}
+        self.prompt_len = mask.sum(dim=1)
+
+    def probs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
+
+    def uniform(self, seeds: Tensor, counter: Tensor, stream: int) -> Tensor:
+        return keyed_uniform(seeds, counter, stream)
+
+    def emit(self, row_ids: Tensor, gen: Tensor, tokens: Tensor, n_new: Tensor) -> tuple[Tensor, Tensor]:
+        """Write up to ``n_new`` ``[B]`` of ``tokens`` ``[B, n]`` at each row's length ``gen``, cut at EOS
+        and ``max_new_tokens``. Returns ``(n_out [B], finished [B] bool)``."""
+        n = tokens.shape[1]
+        j = torch.arange(n, device=tokens.device).unsqueeze(0)
+        remaining = (self.max_new - gen).clamp_min(0)
+        limit = torch.minimum(n_new, remaining)
+        cand = j < limit.unsqueeze(1)
+        if self.eos.numel():
+            is_eos = torch.isin(tokens, self.eos) & cand
+            hit = is_eos.any(dim=1)
+            first = torch.where(hit, is_eos.to(torch.int8).argmax(dim=1), torch.full_like(limit, n))
+            n_out = torch.minimum(limit, first + 1)
+        else:
+            hit = torch.zeros_like(limit, dtype=torch.bool)
+            n_out = limit
+        finished = hit | (gen + n_out >= self.max_new)
+        cols = gen.unsqueeze(1) + j
+        vals = torch.where(j < n_out.unsqueeze(1), tokens, torch.full_like(tokens, PAD))
+        self.out[row_ids.unsqueeze(1).expand_as(cols), cols] = vals
+        self.lengths[row_ids] = gen + n_out
+        return n_out, finished
+
+
+def _nonfinite(logits: Tensor) -> Tensor:
+    """0-dim bool: some row's logits contain NaN / +inf or are all -inf."""
+    return ~torch.isfinite(logits.float().amax(dim=-1)).all()
+
+
+def _raise_nonfinite(where: str) -> None:
+    raise NonFiniteLogitsError(
+        f"the {where} model produced NaN or infinite logits; refusing to sample from them (check the "
+        "model's weights and dtype, e.g. fp16 overflow: try bfloat16 or float32)"
+    )
+
+
+def _alive_rows(finished: Tensor, n_alive: int) -> Tensor:
+    """Indices of the ``n_alive`` unfinished rows, in order, without a host sync."""
+    return torch.argsort(finished.to(torch.int8), stable=True)[:n_alive]
+
+
+class BaseDecoder:
+    """Shared plumbing: model checks, argument validation, output buffers, timing, statistics.
+
+    Subclasses implement :meth:`_run`. ``tokenizer`` / ``draft_tokenizer`` (optional) are checked for a
+    shared vocabulary; ``vocab_size`` overrides the inferred shared vocabulary; ``c`` is the draft/target
+    cost ratio used for modeled latency.
+    """
+
+    method = "base"
+    gamma = 0
+    uses_draft = True
+    uses_target = True
+
+    def __init__(
+        self,
+        draft: Any,
+        target: Any,
+        *,
+        tokenizer: Any = None,
+        draft_tokenizer: Any = None,
+        vocab_size: int | None = None,
+        c: float = 0.0,
+        allow_untested: bool = False,
+    ) -> None:
+        self.draft = ModelAdapter(draft, "draft", allow_untested=allow_untested)
+        self.target = ModelAdapter(target, "target", allow_untested=allow_untested)
+        if self.draft.device != self.target.device:
+            raise ValueError(
+                f"draft is on {self.draft.device} but target on {self.target.device}; put both on one device"
+            )
+        self.vocab = shared_vocab_size(self.draft, self.target, tokenizer, draft_tokenizer, vocab_size)
+        self.c = _check_cost(c)
+        self.is_seq2seq = self.draft.is_seq2seq
+        self.device = self.target.device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(method={self.method!r}, gamma={self.gamma}, vocab={self.vocab})"
+
+    def _block(self) -> int:
+        return 1
+
+    def _context_check(self, mask: Tensor, input_ids: Tensor, max_new: int) -> None:
+        longest = int(mask.sum(dim=1).max())
+        for ad, used in ((self.draft, self.uses_draft), (self.target, self.uses_target)):
+            if not used or ad.is_seq2seq or ad.context is None:
+                continue
+            if longest > ad.context:
+                raise ValueError(
+                    f"prompt of {longest} tokens is longer than the {ad.role}'s context of {ad.context} positions"
+                )
+            if longest + max_new > ad.context:
+                raise ValueError(
+                    f"prompt ({longest} tokens) + max_new_tokens ({max_new}) exceeds the {ad.role}'s context of "
+                    f"{ad.context} positions"
+                )
+        real = input_ids[mask.bool()]
+        if int(real.max()) >= self.vocab or int(real.min()) < 0:
+            raise ValueError(f"input_ids must lie in [0, {self.vocab}), the shared vocabulary")
+
+    def generate(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | Sequence[int] = 0,
+        eos_token_id: int | Sequence[int] | None = None,
+        on_round: Callable[[RoundRecord], Any] | None = None,
+    ) -> GenerateOutput:
+        """Decode a batch of LEFT-padded prompts (seq2seq: encoder inputs).
+
+        ``seed`` is an int (row i uses ``seed + i``) or one seed per row; a row's output depends only on its
+        prompt and its seed. ``temperature=0`` is greedy. ``eos_token_id`` (int or list) ends a row (the EOS
+        token is kept). ``on_round`` receives a :class:`RoundRecord` after every round.
+        """
+        max_new = _check_int("max_new_tokens", max_new_tokens, 1)
+        t, k, p = _check_sampling(temperature, top_k, top_p)
+        if on_round is not None and not callable(on_round):
+            raise ValueError("on_round must be callable")
+        ids, mask = check_prompts(input_ids, attention_mask, self.device, seq2seq=self.is_seq2seq)
+        self._context_check(mask, ids, max_new)
+        seeds = _seeds(seed, ids.shape[0], self.device)
+        eos = _eos(eos_token_id, self.vocab, self.device)
+        ctx = _Ctx(self, ids, mask, max_new, t, k, p, seeds, eos, on_round, self._block())
+        timer = Timer(self.device)
+        with torch.inference_mode():
+            timer.start()
+            self._run(ctx)
+            timer.stop()
+        lengths = ctx.lengths.to("cpu")
+        seq = ctx.out[:, :max_new].to("cpu")
+        seq = torch.where(torch.arange(max_new).unsqueeze(0) < lengths.unsqueeze(1), seq, torch.full_like(seq, PAD))
+        ctx.counters.tokens = ctx.lengths
+        stats = DecodeStats.from_counters(
+            self.method,
+            self.gamma,
+            self.c,
+            ctx.counters,
+            draft_forwards=ctx.draft_forwards,
+            target_forwards=ctx.target_forwards,
+            prefill_forwards=ctx.prefill_forwards,
+            num_rounds=ctx.rounds,
+            wall_time_s=timer.seconds(),
+            extra={k2: v.detach().to("cpu") for k2, v in ctx.extra.items()},
+        )
+        return GenerateOutput(seq, lengths, stats)
+
+    def _start(
+        self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor, shift: Tensor | None = None
+    ) -> tuple[Session, Tensor, Tensor]:
+        cap = ids.shape[1] + ctx.max_new + 4 * (self._block() + 1) + 8
+        session, pending, pos = ad.start(ids, mask, self.vocab, cap, position_shift=shift)
+        if ad.is_seq2seq or ids.shape[1] > 1:
+            ctx.prefill_forwards += 1  # the encoder, or the prompt minus its last token
+        return session, pending, pos
+
+    def _run(self, ctx: _Ctx) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _check_cost(c: Any) -> float:
+    try:
+        v = float(c)
+    except (TypeError, ValueError):
+        raise ValueError(f"cost ratio c must be a number >= 0, got {c!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"cost ratio c must be a finite number >= 0, got {c!r}")
+    return v
+
+
+# ---- the speculative cascade ----------------------------------------------------------------------------
+
+
+class SpecCascadeDecoder(BaseDecoder):
+    """Speculative cascade with any rule (SpecDecode, lossy, ensemble, Chow, Diff, OPT, Token V1-3, learned).
+
+    Args:
+        draft, target: Hugging Face models sharing a vocabulary (causal LMs or seq2seq, not mixed).
+        rule: a :class:`specref.rules.Rule` or a rule name (then ``alpha`` and ``rule_options`` build it).
+        gamma: drafts per round (>= 1).
+        bonus: ``"pi"`` (default; the output is exactly the token-level cascade prod_t pi_t) or
+            ``"target"`` (bonus token from p, the usual SpecDecode practice).
+        alpha, rule_options: for a rule given by name.
+        tokenizer, draft_tokenizer, vocab_size, c, allow_untested: see :class:`BaseDecoder`.
+    """
+
+    method = "spec_cascade"
+
+    def __init__(
+        self,
+        draft: Any,
+        target: Any,
+        rule: Any = "specdecode",
+        gamma: int = 5,
+        *,
+        bonus: str = "pi",
+        alpha: float | None = None,
+        rule_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.gamma = _check_int("gamma", gamma, 1)
+        if bonus not in ("pi", "target"):
+            raise ValueError(f"bonus must be 'pi' or 'target', got {bonus!r}")
+        self.bonus = bonus
+        if isinstance(rule, str):
+            if rule in ("target", "draft"):
+                raise ValueError(
+                    f"rule {rule!r} is a decoding method, not a speculative rule: use make_decoder(..., {rule!r})"
+                )
+            rule = rules_mod.get(rule, alpha=alpha, **(rule_options or {}))
+        elif not isinstance(rule, rules_mod.Rule):
+            raise ValueError(f"rule must be a specref.rules.Rule or a rule name, got {type(rule).__name__}")
+        elif alpha is not None or rule_options:
+            raise ValueError("alpha / rule_options only apply when the rule is given by name")
+        self.rule = rule
+        self.method = rule.name
+        super().__init__(draft, target, **kwargs)
+        head = getattr(rule, "head", None)
+        self.wants_hidden = bool(getattr(head, "wants_hidden", False))
+        # Test hooks for deliberately wrong variants (negative controls). Never set them in real use.
+        self._bug_no_rollback = False
+        self._bug_position_shift = False
+        self._bug_bonus_from_q = False
+
+    def __repr__(self) -> str:
+        return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
+
+    def _block(self) -> int:
+        return self.gamma + 1
+
+    def _run(self, ctx: _Ctx) -> None:
+        g = self.gamma
+        dev = ctx.device
+        shift = None
+        if self._bug_position_shift:
+            shift = (ctx.mask[:, 0] == 0).long()  # rows with left padding are off by one
+        draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask, shift)
+        target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask, shift)
+        row_ids = torch.arange(ctx.batch, device=dev)
+        seeds = ctx.seeds
+        gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
+        ar_g = torch.arange(g, device=dev)
+        ar_g1 = torch.arange(g + 1, device=dev)
+        cnt = ctx.counters
+        while True:
+            # 1. draft gamma + 1 steps
+            bad = torch.zeros((), dtype=torch.bool, device=dev)
+            tok = pend.unsqueeze(1)
+            q_list, qr_list, d_list, dh_list = [], [], [], []
+            u_draft = ctx.uniform(seeds, gen.unsqueeze(1) + ar_g, STREAM_DRAFT)
+            for i in range(g + 1):
+                fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=self.wants_hidden)
+                lg = fo.logits[:, -1]
+                bad = bad | _nonfinite(lg)
+                qr, q = ctx.probs(lg)
+                q_list.append(q)
+                qr_list.append(qr)
+                if fo.hidden is not None:
+                    dh_list.append(fo.hidden[:, -1])
+                if i < g:
+                    d = sample_categorical(q, u_draft[:, i])
+                    d_list.append(d)
+                    tok = d.unsqueeze(1)
+            ctx.draft_forwards += g + 1
+            drafts = torch.stack(d_list, dim=1)
+            q, q_rule = torch.stack(q_list, dim=1), torch.stack(qr_list, dim=1)
+            # 2. one target call on the pending token and the drafts
+            fo_t = target.forward(
+                torch.cat([pend.unsqueeze(1), drafts], dim=1), pos.unsqueeze(1) + ar_g1, hidden=self.wants_hidden
+            )
+            ctx.target_forwards += 1
+            bad = bad | _nonfinite(fo_t.logits)
+            p_rule, p = ctx.probs(fo_t.logits)
+            # 3. rule + verification with keyed uniforms
+            features = None
+            if self.wants_hidden:
+                features = {"draft_hidden": torch.stack(dh_list, dim=1), "target_hidden": fo_t.hidden}
+            uniforms = BlockUniforms(
+                accept=ctx.uniform(seeds, gen.unsqueeze(1) + ar_g, STREAM_ACCEPT),
+                sample=ctx.uniform(seeds, gen.unsqueeze(1) + ar_g1, STREAM_SAMPLE),
+            )
+            bonus: Any = q[:, g] if self._bug_bonus_from_q else self.bonus
+            res = verify_block(
+                drafts,
+                q,
+                p,
+                self.rule,
+                q_rule=q_rule,
+                p_rule=p_rule,
+                bonus=bonus,
+                uniforms=uniforms,
+                features=features,
+                validate=False,
+            )
+            acc = res.accepted
+            # 4. roll back both caches: keep the pending token and the accepted drafts
+            keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
+            if self._bug_no_rollback:
+                keep = torch.ones_like(keep)
+            draft.keep_last(g + 1, keep)
+            target.keep_last(g + 1, keep)
+            n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
+            # statistics (device side)
+            reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
+            n_reached = reached.sum(dim=1)
+            cnt.rounds[row_ids] += 1
+            cnt.draft_calls[row_ids] += g + 1
+            cnt.target_calls[row_ids] += 1
+            cnt.drafted[row_ids] += n_reached
+            cnt.accepted[row_ids] += acc
+            cnt.rejections[row_ids] += (acc < g).long()
+            cnt.pos_reached[row_ids] += reached.long()
+            cnt.pos_accepted[row_ids] += (ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
+            cnt.deferred[row_ids] += (res.defer_drafted.double() * reached).sum(dim=1)
+            cnt.defer_positions[row_ids] += n_reached
+            if ctx.on_round is not None:
+                ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
+            ctx.rounds += 1
+            # next round's pending token: the residual / bonus draw
+            pend = res.tokens.gather(1, acc.unsqueeze(1)).squeeze(1)
+            pos = pos + acc + 1
+            gen = gen + n_out
+            # 5. the round's single host sync
+            alive = ~finished
+            payload = torch.cat([torch.stack([bad.long(), alive.sum()]), draft.summary(), target.summary()])
+            vals = payload.tolist()
+            if vals[0]:
+                _raise_nonfinite("draft or target")
+            n_alive = vals[1]
+            if n_alive == 0:
+                break
+            rows = None
+            if n_alive < row_ids.shape[0]:
+                rows = _alive_rows(finished, n_alive)
+                row_ids, seeds, gen, pend, pos = (x.index_select(0, rows) for x in (row_ids, seeds, gen, pend, pos))
+            draft.maintain(vals[2:5], rows)
+            target.maintain(vals[5:8], rows)
+
+    def _record(
+        self,
+        ctx: _Ctx,
+        row_ids: Tensor,
+        gen: Tensor,
+        drafts: Tensor,
+        res: Any,
+        n_out: Tensor,
+        q: Tensor,
+        p: Tensor,
+        q_rule: Tensor,
+        p_rule: Tensor,
+    ) -> RoundRecord:
+        defer = res.defer
+        if defer.dim() == 3:  # token rules: mass of deferred candidates
+            defer = (q * defer).sum(dim=-1)
+        return RoundRecord(
+            method=self.method,
+            round=ctx.rounds,
+            row_ids=row_ids,
+            start=gen,
+            drafts=drafts,
+            accepted=res.accepted,
+            emitted=n_out,
+            tokens=res.tokens,
+            q_max=q.amax(-1),
+            p_max=p.amax(-1),
+            q_rule_max=q_rule.amax(-1),
+            p_rule_max=p_rule.amax(-1),
+            q_entropy=entropy(q_rule),
+            p_entropy=entropy(p_rule),
+            tv=tv(p, q),
+            defer=defer,
+            defer_drafted=res.defer_drafted,
+            accept_prob=res.accept_prob,
+            rejection_prob=res.rejection_prob,
+        )
+
+
+# ---- factory ----------------------------------------------------------------------------------------------
+
+
+def make_decoder(
+    draft: Any,
+    target: Any,
+    method: str | rules_mod.Rule = "specdecode",
+    alpha: float | None = None,
+    gamma: int = 5,
+    **options: Any,
+) -> BaseDecoder:
+    """Build the decoder for ``method`` (one of :data:`METHODS`, or a Rule object).
+
+    Options by method (all also take ``tokenizer``, ``draft_tokenizer``, ``vocab_size``, ``c``):
+
+    * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); rule options such as
+      ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
+    * ``target`` / ``draft``: autoregressive decoding with one model.
+    * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
+      ``max q < 1 - alpha``).
+    * ``seq_cascade``: ``aggregate`` ("mean" | "sum" | "quantile"), ``quantile`` (in [0, 1]),
+      ``threshold`` (log-prob units; default ``log(1 - alpha)``).
+    * ``bild``: ``fallback`` (max-prob threshold; default ``1 - alpha``), ``rollback`` (nats, default 2.0).
+    """
+    from specref.decode import baselines
+
+    common = {
+        k: options.pop(k) for k in ("tokenizer", "draft_tokenizer", "vocab_size", "c", "allow_untested") if k in options
+    }
+    if isinstance(method, rules_mod.Rule):
+        return SpecCascadeDecoder(draft, target, method, gamma, **options, **common)
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method in RULE_METHODS:
+        bonus = options.pop("bonus", "pi")
+        return SpecCascadeDecoder(
+            draft, target, method, gamma, bonus=bonus, alpha=alpha, rule_options=options, **common
+        )
+    if method in ("target", "draft"):
+        if alpha is not None or options:
+            raise ValueError(f"method {method!r} takes no alpha or options, got alpha={alpha!r}, {options}")
+        return baselines.SingleModelDecoder(draft, target, use=method, **common)
+    if method == "token_cascade":
+        if options:
+            raise ValueError(f"token_cascade takes only alpha, got {options}")
+        return baselines.TokenCascadeDecoder(draft, target, alpha=0.0 if alpha is None else alpha, **common)
+    if method == "seq_cascade":
+        return baselines.SeqCascadeDecoder(draft, target, alpha=alpha, **options, **common)
+    return baselines.BiLDDecoder(draft, target, alpha=alpha, **options, **common)

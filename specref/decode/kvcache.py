@@ -1,0 +1,211 @@
+"""A slot-addressed KV cache for ragged speculative decoding with Hugging Face models.
+
+Design (see ``docs/decoding.md``): every forward APPENDS its keys/values at the end of a per-layer buffer,
+for every row at the same slots. A row that rejects drafts does not crop its cache; its rejected slots stay
+and are masked out of attention by a per-row 2D mask over slots (``valid``), and every token gets an
+explicit position id (its logical index in the row), so rotary / learned position embeddings never see the
+holes. Holes are reclaimed lazily: trailing junk that is the same for every row is cropped (free), and when
+holes pile up (or finished rows leave the batch) one gather right-aligns each row's valid slots.
+
+Models whose attention depends on SLOT distances rather than position ids (T5's relative position bias,
+sliding-window layers) need each row's valid slots to be contiguous: for them the session is
+``contiguous`` and compacts after every forward that left ragged junk. Left padding (junk before all of a
+row's tokens) is harmless for both: relative distances between a row's own tokens are unchanged.
+
+The buffers are preallocated and grown geometrically, so appending does not copy the whole cache on every
+forward the way ``DynamicCache``'s ``torch.cat`` does.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+__all__ = ["SlotCache", "SlotLayer", "SlotTable"]
+
+
+class SlotLayer(DynamicLayer):
+    """One attention layer's keys/values ``[B, H, capacity, D]``; the first ``length`` slots are filled."""
+
+    is_sliding = False
+    is_croppable = True
+
+    def __init__(self, capacity: int = 64) -> None:
+        super().__init__()
+        self.capacity = max(int(capacity), 1)
+        self.length = 0
+        self.kbuf: Tensor | None = None
+        self.vbuf: Tensor | None = None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, dk = key_states.shape
+        self.kbuf = key_states.new_zeros((b, h, self.capacity, dk))
+        self.vbuf = value_states.new_zeros((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.kbuf is not None:
+            self.keys = self.kbuf[:, :, : self.length]
+            self.values = self.vbuf[:, :, : self.length]
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, int(self.capacity * 1.5) + 16)
+        for name in ("kbuf", "vbuf"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:2], cap, old.shape[-1]))
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+        self.capacity = cap
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self.length + n > self.capacity:
+            self._grow(self.length + n)
+        self.kbuf[:, :, self.length : self.length + n] = key_states
+        self.vbuf[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._refresh()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.length = max(0, self.length - abs(int(tokens_to_remove)))
+        self._refresh()
+
+    def rebuild(self, rows: Tensor | None, slots: Tensor) -> None:
+        """Keep batch rows ``rows`` (None: all) and, per row, the slots ``slots`` ``[B', L']`` in order."""
+        if not self.is_initialized:
+            return
+        new_len = slots.shape[1]
+        for name in ("kbuf", "vbuf"):
+            buf = getattr(self, name)[:, :, : self.length]
+            if rows is not None:
+                buf = buf.index_select(0, rows)
+            idx = slots[:, None, :, None].expand(buf.shape[0], buf.shape[1], new_len, buf.shape[-1])
+            gathered = buf.gather(2, idx)
+            cap = max(self.capacity, new_len)
+            new = gathered.new_zeros((*gathered.shape[:2], cap, gathered.shape[-1]))
+            new[:, :, :new_len] = gathered
+            setattr(self, name, new)
+        self.capacity = self.kbuf.shape[2]
+        self.length = new_len
+        self._refresh()
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        if self.is_initialized:
+            self.kbuf = self.kbuf[indices]
+            self.vbuf = self.vbuf[indices]
+            self._refresh()
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+
+class SlotCache(DynamicCache):
+    """A :class:`DynamicCache` made of :class:`SlotLayer` s (one per decoder layer)."""
+
+    def __init__(self, capacity: int = 64) -> None:  # noqa: D107 - see class docstring
+        # Layers are created lazily, one per attention layer that writes to the cache.
+        Cache.__init__(self, layer_class_to_replicate=partial(SlotLayer, capacity))
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        for layer in self.layers:
+            layer.crop(tokens_to_remove)
+
+    def rebuild(self, rows: Tensor | None, slots: Tensor) -> None:
+        for layer in self.layers:
+            layer.rebuild(rows, slots)
+
+
+class SlotTable:
+    """Per-row bookkeeping of a :class:`SlotCache`: which slots hold a live token of the row.
+
+    ``valid`` ``[B, L]`` bool: slot holds a live token. ``pos`` ``[B, L]`` long: its logical position in
+    the row (``-1`` where not valid), used for position-based rollback.
+    """
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.valid = torch.zeros((batch, 0), dtype=torch.bool, device=device)
+        self.pos = torch.zeros((batch, 0), dtype=torch.long, device=device)
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+    def append(self, real: Tensor, positions: Tensor) -> None:
+        """Record ``n`` new slots ``[B, n]``: ``real`` marks live ones, ``positions`` their positions."""
+        self.valid = torch.cat([self.valid, real], dim=1)
+        self.pos = torch.cat([self.pos, torch.where(real, positions, torch.full_like(positions, -1))], dim=1)
+
+    def keep_last(self, n: int, keep: Tensor) -> None:
+        """Of the last ``n`` slots, keep only those where ``keep`` ``[B, n]`` is true."""
+        if n == 0:
+            return
+        tail = self.valid[:, -n:] & keep
+        self.valid = torch.cat([self.valid[:, :-n], tail], dim=1)
+        self.pos = torch.where(self.valid, self.pos, torch.full_like(self.pos, -1))
+
+    def truncate(self, lengths: Tensor, rows: Tensor | None = None) -> None:
+        """Invalidate, in every row (or only where ``rows`` ``[B]`` is true), slots at positions >= ``lengths``."""
+        cut = self.pos >= lengths.unsqueeze(1)
+        if rows is not None:
+            cut = cut & rows.unsqueeze(1)
+        self.valid = self.valid & ~cut
+        self.pos = torch.where(self.valid, self.pos, torch.full_like(self.pos, -1))
+
+    def summary(self) -> Tensor:
+        """``[3]`` long on device: (max live slots per row, min and max trailing junk slots per row)."""
+        n = self.valid.sum(dim=1)
+        length = self.length
+        if length == 0 or self.valid.shape[0] == 0:
+            return torch.zeros(3, dtype=torch.long, device=self.valid.device)
+        # Index of the last live slot (-1 if none): trailing junk = length - 1 - last.
+        idx = torch.arange(length, device=self.valid.device)
+        last = torch.where(self.valid, idx, torch.full_like(idx, -1)).amax(dim=1)
+        trail = length - 1 - last
+        return torch.stack([n.max(), trail.min(), trail.max()])
+
+    def crop(self, n: int) -> None:
+        if n > 0:
+            self.valid = self.valid[:, :-n]
+            self.pos = self.pos[:, :-n]
+
+    def compaction_plan(self, rows: Tensor | None, new_len: int) -> Tensor:
+        """Source slot of every destination slot ``[B', new_len]`` that right-aligns each row's live slots.
+
+        Updates the table; the caller applies the same plan to the KV buffers.
+        """
+        valid = self.valid if rows is None else self.valid.index_select(0, rows)
+        pos = self.pos if rows is None else self.pos.index_select(0, rows)
+        b, length = valid.shape
+        n = valid.sum(dim=1, keepdim=True)
+        rank = valid.long().cumsum(dim=1) - 1
+        dest = torch.where(valid, new_len - n + rank, torch.full_like(rank, new_len))
+        src = torch.arange(length, device=valid.device).expand(b, length)
+        slots = torch.zeros((b, new_len + 1), dtype=torch.long, device=valid.device)
+        slots.scatter_(1, dest, src)
+        slots = slots[:, :new_len].contiguous()
+        new_valid = torch.arange(new_len, device=valid.device).unsqueeze(0) >= (new_len - n)
+        new_pos = torch.where(new_valid, pos.gather(1, slots), torch.full_like(slots, -1))
+        self.valid, self.pos = new_valid, new_pos
+        return slots
+
+    def select_rows(self, rows: Tensor) -> None:
+        self.valid = self.valid.index_select(0, rows)
+        self.pos = self.pos.index_select(0, rows)
