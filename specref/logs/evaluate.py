@@ -1,0 +1,199 @@
+"""Offline evaluation of deferral rules on held-out logs: L_spec, deferral and rejection rates per alpha.
+
+Methods: ``draft``, ``specdecode`` (the two ends), ``chow``, ``diff``, ``opt``, ``token_v1``..``token_v3``,
+every learned head passed in (cascade or token), and ``oracle`` (Lemma 4 with the realized losses). Each
+row of the result is one (method, alpha, loss) with the mean over logged positions of: ``l_spec``
+(``quality_loss + alpha * rejection``), ``quality_loss``, ``deferral_rate``, ``rejection_rate``, and
+the approximation diagnostics ``rejection_bound`` (certified bound on the error of ``rejection_rate``; 0 when
+exact) and ``argmax_uncertain`` (fraction of rows whose argmax loss could be off). See
+:mod:`specref.logs.offline` for what is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from specref.heads.features import FeatureSpec, candidate_set, context_features, token_features
+from specref.logs.offline import (
+    Outcome,
+    cascade_decisions,
+    cascade_outcome,
+    learned_token_decisions,
+    token_outcome_candidates,
+    token_outcome_exact,
+)
+from specref.logs.schema import TOKEN_RULES
+
+__all__ = ["CASCADE_BASELINES", "FIELDS", "evaluate", "head_estimates", "plot", "write_csv"]
+
+CASCADE_BASELINES = ("draft", "specdecode", "chow", "diff", "opt")
+FIELDS = (
+    "method", "kind", "alpha", "loss", "l_spec", "quality_loss", "deferral_rate", "rejection_rate",
+    "rejection_bound", "argmax_uncertain", "rows",
+)
+_CHUNK = 8192
+
+
+def _predict(head: Any, x: Tensor) -> Tensor:
+    """``head.predict`` on the head's device (torch heads may live on a GPU), back on ``x``'s device."""
+    buffers = getattr(head, "buffers", None)
+    first = next(buffers(), None) if callable(buffers) else None
+    with torch.no_grad():
+        out = head.predict(x if first is None else x.to(first.device))
+    return out.float().to(x.device)
+
+
+def _candidate_scores_on_log(head: Any, summary: Mapping[str, Tensor], extra: Mapping[str, Tensor] | None) -> Tensor:
+    """A token head's scores ``[N, 2K]`` on the LOG's candidate set; 0 outside the head's own set.
+
+    A candidate's features do not depend on which list it came from, so scoring the log's (larger) set and
+    zeroing tokens outside the head's top-``candidates`` lists reproduces the head's live estimate exactly.
+    """
+    spec: FeatureSpec = head.spec
+    k = summary["q_topk_ids"].shape[-1]
+    if spec.candidates > k or spec.k > k:
+        raise ValueError(f"the head needs top-{spec.top_k} lists, these logs keep top-{k}")
+    wide = FeatureSpec(kind="token", k=spec.k, candidates=k, hidden=spec.hidden, hidden_dims=spec.hidden_dims)
+    n = summary["q_max"].shape[0]
+    out = []
+    for start in range(0, n, _CHUNK):
+        part = {name: v[start : start + _CHUNK] for name, v in summary.items() if isinstance(v, Tensor)}
+        ext = None if extra is None else {name: v[start : start + _CHUNK] for name, v in extra.items()}
+        ids, x, valid = token_features(part, wide, ext)
+        s = _predict(head, x)
+        c = spec.candidates
+        own = torch.cat([part["q_topk_ids"][:, :c], part["p_topk_ids"][:, :c]], dim=-1)  # [n, 2c]
+        in_head = (ids.unsqueeze(-1) == own.unsqueeze(-2)).any(-1)
+        out.append(torch.where(valid & in_head, s, 0.0))
+    return torch.cat(out) if out else torch.zeros(0, 2 * k)
+
+
+def head_estimates(head: Any, summary: Mapping[str, Tensor]) -> Tensor:
+    """Cascade head: ``[N, 2]`` estimates; token head: ``[N, 2K]`` scores on the log's candidates."""
+    extra = {h: summary[h] for h in head.spec.hidden} if head.spec.hidden else None
+    if head.kind == "token":
+        return _candidate_scores_on_log(head, summary, extra)
+    outs = []
+    n = summary["q_max"].shape[0]
+    for start in range(0, n, _CHUNK):
+        part = {name: v[start : start + _CHUNK] for name, v in summary.items() if isinstance(v, Tensor)}
+        ext = None if extra is None else {h: v[start : start + _CHUNK] for h, v in extra.items()}
+        outs.append(_predict(head, context_features(part, head.spec, ext)))
+    return torch.cat(outs) if outs else torch.zeros(0, 2)
+
+
+def _row(method: str, kind: str, alpha: float, loss: str, o: Outcome) -> dict[str, Any]:
+    n = int(o.defer.shape[0])
+
+    def mean(x: Tensor) -> float:
+        return float(x.double().mean()) if n else math.nan
+
+    return {
+        "method": method, "kind": kind, "alpha": float(alpha), "loss": loss,
+        "l_spec": mean(o.l_spec(alpha, loss)),
+        "quality_loss": mean(o.loss_argmax if loss == "argmax" else o.loss_sampled),
+        "deferral_rate": mean(o.defer), "rejection_rate": mean(o.rejection),
+        "rejection_bound": mean(o.rejection_bound),
+        "argmax_uncertain": mean(o.argmax_uncertain.double()) if loss == "argmax" else 0.0,
+        "rows": n,
+    }
+
+
+def evaluate(
+    summary: Mapping[str, Any],  # logged columns as tensors (specref.logs.read_logs / Logs.to_torch)
+    alphas: Sequence[float],
+    heads: Mapping[str, Any] | None = None,  # name -> DeferralHead with .spec and .predict (torch or sklearn)
+    log_alphas: Sequence[float] = (),  # the log's exact token-rule alpha grid
+    vocab_size: int | None = None,
+    methods: Sequence[str] | None = None,  # subset of the baseline names (default: all)
+    losses: Sequence[str] = ("argmax", "sampled"),
+) -> list[dict[str, Any]]:
+    """Rows of the evaluation table (see module docstring). Token baselines appear only at alphas of the
+    log's grid (their exact values exist only there)."""
+    if "reference" not in summary:
+        raise ValueError("offline evaluation needs logs with a reference token")
+    heads = dict(heads or {})
+    wanted = set(methods) if methods is not None else set(CASCADE_BASELINES) | set(TOKEN_RULES) | {"oracle"}
+    vocab = int(vocab_size or 0)
+    rows: list[dict[str, Any]] = []
+    estimates = {name: head_estimates(h, summary) for name, h in heads.items()}
+    token_grid = {round(float(a), 9): i for i, a in enumerate(log_alphas)}
+    for alpha in alphas:
+        alpha = float(alpha)
+        for method in CASCADE_BASELINES:
+            if method in wanted:
+                o = cascade_outcome(cascade_decisions(method, summary, alpha), summary)
+                rows += [_row(method, "cascade", alpha, loss, o) for loss in losses]
+        if "oracle" in wanted:
+            for loss in losses:
+                o = cascade_outcome(cascade_decisions("oracle", summary, alpha, loss=loss), summary)
+                rows.append(_row("oracle", "cascade", alpha, loss, o))
+        j = token_grid.get(round(alpha, 9))
+        for rule in TOKEN_RULES:
+            if rule in wanted and j is not None and f"{rule}_eta" in summary:
+                o = token_outcome_exact(summary, rule, j)
+                rows += [_row(rule, "token", alpha, loss, o) for loss in losses]
+        for name, head in heads.items():
+            est = estimates[name]
+            if head.kind == "cascade":
+                o = cascade_outcome(cascade_decisions("learned", summary, alpha, estimates=est), summary)
+            else:
+                if not vocab:
+                    raise ValueError("evaluating a token head needs the vocabulary size")
+                valid = candidate_set(summary, summary["q_topk_ids"].shape[-1])[3]
+                defer, tail = learned_token_decisions(est, valid, alpha)
+                o = token_outcome_candidates(summary, defer, tail, vocab)
+            rows += [_row(name, head.kind, alpha, loss, o) for loss in losses]
+    return rows
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(FIELDS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in FIELDS})
+    return path
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: str = "sampled") -> Path:
+    """Two panels for one loss: L_spec against alpha, and quality loss against rejection rate (the
+    cost-quality trade-off each method traces as alpha varies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        pts = sorted((r for r in rows if r["method"] == method and r["loss"] == loss), key=lambda r: r["alpha"])
+        if not pts:
+            continue
+        style = "--" if method == "oracle" else ".-"
+        ax1.plot([r["alpha"] for r in pts], [r["l_spec"] for r in pts], style, label=method, markersize=4)
+        ax2.plot([r["rejection_rate"] for r in pts], [r["quality_loss"] for r in pts], style, label=method,
+                 markersize=4)
+    ax1.set_xlabel("alpha")
+    ax1.set_ylabel(f"L_spec ({loss} 0-1 loss)")
+    ax2.set_xlabel("rejection rate")
+    ax2.set_ylabel(f"{loss} 0-1 loss")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
