@@ -1,0 +1,202 @@
+"""``specref reproduce``: the main job - reproduce the paper's cost-quality comparison on a draft/target pair.
+
+Default: the zoo translation pair in quick mode (a subset of the test split, a few alphas per method; a
+few minutes on a 2-core CPU), offline. ``--full`` runs the whole test split and the full alpha grids;
+``--task all --full --sweep all --device cuda --out results`` is the full reproduction of paper_repro.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = __doc__.splitlines()[0].split(": ", 1)[1]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _top_p(text: str) -> float | None:
+    if text.lower() in ("none", "1", "1.0"):
+        return None
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("top-p must be in (0, 1]")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> None:
+    """The options shared by ``reproduce`` and ``sweep``."""
+    g = p.add_argument_group("what to run")
+    g.add_argument("--task", default=None,
+                   help="zoo task: translation (default), summarization, reasoning, or 'all' (every zoo pair)")
+    g.add_argument("--pair", default=None, help="zoo pair (default: the task's pair)")
+    g.add_argument("--config", default=None, metavar="YAML",
+                   help="a paper setup from configs/paper/*.yaml instead of a zoo pair")
+    g.add_argument("--standin", action="store_true",
+                   help="replace the models by tiny random-init ones (pipeline check; numbers are meaningless)")
+    g.add_argument("--full", action="store_true", help="whole test split, full alpha grids, 3 seeds")
+    g.add_argument("--sweep", default=default_sweep,
+                   choices=("main", "robustness", "temperature", "gamma", "top_p", "all"),
+                   help=f"main setting, robustness sweeps (temperature, gamma, top-p), one factor, or all "
+                        f"(default: {default_sweep})")
+    g.add_argument("--methods", default=None,
+                   help="comma-separated method keys (target and draft are always included); see specref.repro.methods")
+    g.add_argument("--alphas", default=None,
+                   help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8')")
+    g.add_argument("--head", default=None, metavar="PATH", help="trained deferral head: adds SpecCascade [Learned]")
+    s = p.add_argument_group("decoding")
+    s.add_argument("--temperature", type=float, default=None, help="main setting's temperature (default 1)")
+    s.add_argument("--gamma", type=int, default=None, help="main setting's block size (default 5)")
+    s.add_argument("--top-p", type=_top_p, default=None, help="main setting's top-p (default none)")
+    s.add_argument("--seed", type=_ints, default=None, metavar="N[,N...]",
+                   help="trial seed(s), averaged in the summary (default 0; --full: 0,1,2)")
+    s.add_argument("--max-examples", type=int, default=None, help="test examples (evenly spaced over the split)")
+    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--split", default=None, choices=("train", "validation", "test"))
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default on cpu: 1 - the zoo models are too small to gain from more, "
+                        "and extra threads contend badly on a busy machine)")
+    c = p.add_argument_group("cost and summary")
+    c.add_argument("--cost-ratio", type=float, default=None,
+                   help="draft/target step cost c of the modeled latency (default: pair card, else per-step "
+                        "parameter ratio)")
+    c.add_argument("--axis", default=None,
+                   choices=("latency_model", "latency_wall", "target_calls_per_token", "rejection_rate"),
+                   help="cost axis the summary table leads with (default latency_model: deterministic)")
+    c.add_argument("--match-tol", type=float, default=0.0,
+                   help="a method 'matches' the target at quality >= target - tol (default 0)")
+    c.add_argument("--no-interpolate", action="store_true", help="Table 2 from measured points only")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="specref-out", help="output folder (default ./specref-out)")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-plot", action="store_true")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("reproduce", help=DESCRIPTION, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _setups(args: argparse.Namespace) -> list[Any]:
+    from specref import zoo
+    from specref.repro.setups import load_setup, zoo_setup
+
+    if args.config:
+        if args.task or args.pair:
+            raise ValueError("--config names its own models and data; drop --task / --pair")
+        return [load_setup(args.config, standin=args.standin)]
+    if args.task == "all":
+        if args.pair:
+            raise ValueError("--task all runs every zoo pair; drop --pair")
+        return [zoo_setup(name, standin=args.standin) for name in zoo.list_pairs()]
+    if args.pair:
+        return [zoo_setup(args.pair, standin=args.standin, task=args.task)]
+    task = args.task or "translation"
+    pairs = [n for n in zoo.list_pairs() if zoo.get_spec(n).task == task]
+    if not pairs:
+        raise ValueError(f"no zoo pair for task {task!r}; tasks with pairs: "
+                         f"{sorted({zoo.get_spec(n).task for n in zoo.list_pairs()})}")
+    return [zoo_setup(pairs[0], standin=args.standin)]
+
+
+def _check_built(setups: list[Any], standin: bool) -> None:
+    from specref import zoo
+
+    for setup in setups:
+        if standin or setup.pair not in zoo.list_pairs() or zoo.is_built(setup.pair):
+            continue
+        raise FileNotFoundError(
+            f"zoo pair {setup.pair!r} has no trained weights in this installation ({zoo.BUILD_HINT}); "
+            "add --standin to check the pipeline with tiny random-init models instead"
+        )
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from specref.repro.methods import get_method, parse_alpha_overrides
+    from specref.repro.reproduce import ReproConfig
+
+    methods = None
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        for m in methods:
+            get_method(m)
+    from specref.repro.methods import DEFAULT_METHODS
+
+    alphas = parse_alpha_overrides(args.alphas, methods or DEFAULT_METHODS + ("learned", "ensemble"))
+    for name, value in (("--max-examples", args.max_examples), ("--max-new-tokens", args.max_new_tokens),
+                        ("--batch-size", args.batch_size), ("--gamma", args.gamma)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if args.temperature is not None and args.temperature < 0:
+        raise ValueError("--temperature must be >= 0")
+    if args.match_tol < 0:
+        raise ValueError("--match-tol must be >= 0")
+    return ReproConfig(
+        methods=methods, alphas=alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
+        gamma=args.gamma, top_p=args.top_p, seeds=args.seed, split=args.split, max_examples=args.max_examples,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cost_ratio=args.cost_ratio,
+        axis=args.axis, tol=args.match_tol, interpolate=not args.no_interpolate,
+        progress=not args.no_progress, plots=not args.no_plot,
+    )
+
+
+def _load_head(path: str | None) -> Any:
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise FileNotFoundError(f"deferral head {path} not found")
+    try:
+        from specref import heads
+    except ImportError as err:
+        raise ValueError(f"--head needs specref.heads, which this installation lacks ({err})") from None
+    return heads.load(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specref.repro.reproduce import reproduce
+
+    t0 = time.perf_counter()
+    cfg = _config(args)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    if args.threads is not None or args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(args.threads or 1)
+    head = _load_head(args.head)
+    setups = _setups(args)
+    _check_built(setups, args.standin)
+    for setup in setups:
+        print(f"specref reproduce: {setup.name} ({setup.task.name}, metric {setup.task.metric_name}) on "
+              f"{args.device}, {'full' if cfg.full else 'quick'} mode, sweep {cfg.sweep}", file=sys.stderr)
+        result = reproduce(setup, args.out, cfg, device=args.device, head=head)
+        print(result.table)
+        for claim in result.claims:
+            print(f"claim: {claim.claim}: {claim.verdict} ({claim.evidence})")
+        rep = result.report
+        print(f"\n{rep.decoded} decodes, {rep.written} new rows, {rep.skipped} rows already in "
+              f"{result.out_dir / 'points.csv'}")
+        for msg in rep.nondeterministic:
+            print(f"warning: {msg}", file=sys.stderr)
+        print("wrote: " + ", ".join(str(f) for f in result.files))
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,178 @@
+"""The :class:`~specref.repro.backend.Backend` over :mod:`specref.decode` and a Hugging Face pair.
+
+Batches are formed from examples sorted by prompt length (less padding) and each example's random stream
+is keyed by (trial seed, example id) through the decoder's per-row seeds, so the predictions do not depend
+on the batch size, on the batch an example lands in, or on which other examples were selected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from specref.repro.backend import DecodeOutput, DecodeRequest
+from specref.repro.setups import Setup
+
+__all__ = ["HFBackend", "example_seed", "step_cost_ratio", "build_standin_model"]
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """A 56-bit seed for one example of one trial: a pure function of the trial seed and the example id."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{example_id}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _step_params(model: Any) -> int:
+    """Parameters one decoding step multiplies by: the decoder stack and the output projection.
+
+    The encoder of a seq2seq model runs once per prompt (prefill, outside the per-token cost model) and an
+    input embedding is a table lookup, so neither counts; a tied output projection does.
+    """
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is emb
+    total = 0
+    for name, p in model.named_parameters():
+        if name.startswith("encoder.") or p is emb:
+            continue
+        total += p.numel()
+    return total + (emb.numel() if tied else 0)
+
+
+def step_cost_ratio(draft: Any, target: Any) -> float:
+    """Deterministic proxy of ``c``: the ratio of per-step parameters (FLOPs per token are ~2 per parameter)."""
+    return _step_params(draft) / _step_params(target)
+
+
+def build_standin_model(arch: dict[str, Any], family: str, tokenizer: Any, seed: int) -> Any:
+    """A random-init model from a Hugging Face config dict (``model_type`` plus sizes), deterministic in
+    ``seed`` and without touching the global random state."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    arch = dict(arch)
+    model_type = arch.pop("model_type")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = {"pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id}
+    if family == "seq2seq":
+        ids["decoder_start_token_id"] = pad
+    elif tokenizer.bos_token_id is not None:
+        ids["bos_token_id"] = tokenizer.bos_token_id
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_config(config)
+    return model.eval()
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from None
+
+
+class HFBackend:
+    """Decodes task examples with :func:`specref.decode.make_decoder` on a loaded draft/target pair."""
+
+    def __init__(self, draft: Any, target: Any, tokenizer: Any, task: Any, device: str = "cpu",
+                 cost_ratio: float | None = None, cost_ratio_source: str = "given", head: Any = None,
+                 card: dict[str, Any] | None = None) -> None:
+        self.draft, self.target, self.tokenizer, self.task = draft, target, tokenizer, task
+        self.torch_device = torch.device(device)
+        self.device = str(self.torch_device)
+        if self.torch_device.type == "cuda":
+            self.device += f" ({torch.cuda.get_device_name(self.torch_device)})"
+        self.head = head
+        self.card = card or {}
+        if cost_ratio is not None:
+            self._c = (float(cost_ratio), cost_ratio_source)
+        elif isinstance(self.card.get("cost_ratio"), (int, float)):
+            self._c = (float(self.card["cost_ratio"]), "card")
+        else:
+            self._c = (round(step_cost_ratio(draft, target), 6), "params")
+        # (example id, source) -> prompt token ids: every decode of a sweep tokenizes the same prompts
+        self._prompt_ids: dict[tuple[str, str], list[int]] = {}
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
+
+    @classmethod
+    def from_setup(cls, setup: Setup, device: str = "cpu", cost_ratio: float | None = None,
+                   head: Any = None) -> HFBackend:
+        """Load (or, for stand-ins, build) the setup's models on ``device``."""
+        from specref import zoo
+
+        tokenizer = zoo.load_tokenizer(setup.tokenizer)
+        if setup.is_standin:
+            draft = build_standin_model(setup.draft, setup.family, tokenizer, setup.standin_seed)
+            target = build_standin_model(setup.target, setup.family, tokenizer, setup.standin_seed + 1)
+            draft, target = draft.to(device), target.to(device)
+        else:
+            dtype = _dtype(setup.dtype)
+            draft = zoo.load_model(setup.draft, device, dtype)
+            target = zoo.load_model(setup.target, device, dtype)
+        return cls(draft, target, tokenizer, setup.task, device, cost_ratio, "given", head, setup.card)
+
+    # -- Backend protocol ------------------------------------------------------------------------------
+    def cost_ratio(self) -> tuple[float, str]:
+        return self._c
+
+    def warmup(self) -> None:
+        examples = self.task.load("test", limit=2) if hasattr(self.task, "load") else []
+        for method in ("target", "specdecode"):
+            if examples:
+                self.decode(DecodeRequest(method=method, max_new_tokens=4, batch_size=2), examples)
+
+    def _ids(self, example: Any) -> list[int]:
+        key = (str(example.id), str(getattr(example, "source", "")))
+        if key not in self._prompt_ids:
+            self._prompt_ids[key] = list(self.tokenizer(self.task.format_prompt(example)).input_ids)
+        return self._prompt_ids[key]
+
+    def decode(self, request: DecodeRequest, examples: Sequence[Any]) -> DecodeOutput:
+        from specref.decode import make_decoder
+
+        options = dict(request.options)
+        if request.method == "learned":
+            if self.head is None:
+                raise ValueError("method 'learned' needs a deferral head (--head PATH)")
+            options["head"] = self.head
+        dec = make_decoder(self.draft, self.target, request.method, alpha=request.alpha, gamma=request.gamma,
+                           tokenizer=self.tokenizer, c=self._c[0], **options)
+        tok = self.tokenizer
+        ids = [self._ids(e) for e in examples]
+        seeds = [example_seed(request.seed, str(e.id)) for e in examples]
+        order = sorted(range(len(examples)), key=lambda i: (len(ids[i]), i))
+        texts: list[str] = [""] * len(examples)
+        acc = dict(tokens=0, target=0, draft=0, drafted=0, rejected=0, deferred=0.0, positions=0, wall=0.0)
+        for start in range(0, len(order), request.batch_size):
+            chunk = order[start : start + request.batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in chunk])
+            mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk])
+            out = dec.generate(
+                input_ids.to(self.torch_device), mask.to(self.torch_device), max_new_tokens=request.max_new_tokens,
+                temperature=request.temperature, top_p=request.top_p, seed=[seeds[i] for i in chunk],
+                eos_token_id=tok.eos_token_id,
+            )
+            for i, toks in zip(chunk, out.token_lists()):
+                texts[i] = tok.decode(toks, skip_special_tokens=True)
+            s = out.stats
+            acc["tokens"] += int(s.tokens.sum())
+            acc["target"] += int(s.target_calls.sum())
+            acc["draft"] += int(s.draft_calls.sum())
+            acc["drafted"] += int(s.drafted.sum())
+            acc["rejected"] += int(s.rejections.sum())
+            acc["deferred"] += float(s.deferred.sum())
+            acc["positions"] += int(s.defer_positions.sum())
+            acc["wall"] += float(s.wall_time_s)
+        return DecodeOutput(
+            predictions=texts, tokens=acc["tokens"], target_calls=acc["target"], draft_calls=acc["draft"],
+            drafted=acc["drafted"], rejected=acc["rejected"], deferrals=acc["deferred"],
+            positions=acc["positions"], wall_s=acc["wall"] if acc["wall"] > 0 else math.nan,
+        )

@@ -1,0 +1,159 @@
+"""Printing and saving Table-2 summaries: a fixed-width table for the terminal, Markdown and a tidy CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from specref.repro.methods import order_key
+from specref.repro.summary import Summary
+
+__all__ = ["format_summaries", "markdown_summaries", "write_summary_csv", "context_title"]
+
+_AXIS_NAMES = {
+    "latency_model": "model",
+    "latency_wall": "wall",
+    "target_calls_per_token": "calls/token",
+    "rejection_rate": "rejection",
+}
+
+
+def _nan(x: float) -> bool:
+    return x is None or math.isnan(x)
+
+
+def _match_cell(s, axis: str) -> str:
+    if _nan(s.cost_at_match):
+        return "never"
+    if axis.startswith("latency"):
+        return f"{s.speedup:.2f}x ({-100 * s.reduction:+.0f}%)"
+    return f"{s.cost_at_match:.3f}"
+
+
+def _best_cell(s) -> str:
+    if _nan(s.best_quality):
+        return "none"
+    return f"{s.best_quality:.2f} ({s.best_delta:+.2f})"
+
+
+def context_title(summary: Summary) -> str:
+    c = summary.context
+    top_p = "-" if c.get("top_p") is None else f"{c['top_p']:g}"
+    return (f"{c['task']} / {c['pair']}: T={c['temperature']:g}, gamma={c['gamma']}, top_p={top_p}, "
+            f"{c['n_examples']} {c['split']} examples x {summary.seeds} seed(s), max_new_tokens={c['max_new_tokens']}")
+
+
+def _pair_up(by_axis: dict[str, list[Summary]]) -> list[tuple[tuple, dict[str, Summary]]]:
+    """Summaries of the same context side by side, one per axis, in first-seen order."""
+    out: dict[tuple, dict[str, Summary]] = {}
+    for axis, summaries in by_axis.items():
+        for s in summaries:
+            out.setdefault(tuple(s.context.values()), {})[axis] = s
+    return list(out.items())
+
+
+def _rows(group: dict[str, Summary]) -> tuple[list[str], list[list[str]]]:
+    axes = list(group)
+    first = group[axes[0]]
+    header = ["method", "points"]
+    for axis in axes:
+        name = _AXIS_NAMES.get(axis, axis)
+        match = "speed-up to match" if axis.startswith("latency") else "cost to match"
+        header += [f"{match} ({name})", f"best {first.metric} in budget ({name})"]
+    labels = sorted({m.label: m.method for s in group.values() for m in s.methods}.items(),
+                    key=lambda kv: (order_key(kv[1]), kv[0]))
+    rows = []
+    for label, _ in labels:
+        row = [label, ""]
+        for axis in axes:
+            found = [m for m in group[axis].methods if m.label == label]
+            if not found:
+                row += ["", ""]
+                continue
+            row[1] = str(found[0].points)
+            row += [_match_cell(found[0], axis), _best_cell(found[0])]
+        rows.append(row)
+    return header, rows
+
+
+def _legend(s: Summary) -> str:
+    rule = "linear interpolation between frontier points" if s.interpolate else "measured points only"
+    tol = f" - {s.tol:g}" if s.tol else ""
+    return (f"target {s.metric} {s.target_quality:.2f}, draft {s.metric} {s.draft_quality:.2f}. model = "
+            f"(target calls + c x draft calls) / target-only calls; wall = measured seconds / target-only seconds. "
+            f"'to match': speed-up over the target (latency change) at the cheapest point reaching the target's "
+            f"quality{tol} ('never' if none does); 'in budget': best quality (minus the target's) at latency <= "
+            f"the target's ('none' if every point is slower); {rule}.")
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+
+
+def format_summaries(by_axis: dict[str, list[Summary]]) -> str:
+    """A fixed-width text table per setting, columns per cost axis (e.g. modeled and wall-clock)."""
+    blocks = []
+    for _, group in _pair_up(by_axis):
+        header, rows = _rows(group)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        first = next(iter(group.values()))
+        blocks.append("\n".join([
+            "Table 2 - " + context_title(first),
+            _line(header, widths),
+            _line(["-" * w for w in widths], widths),
+            *(_line(r, widths) for r in rows),
+            _legend(first),
+        ]))
+    return "\n\n".join(blocks)
+
+
+def markdown_summaries(by_axis: dict[str, list[Summary]]) -> str:
+    """The same tables in Markdown (for paper_repro.md and the output folder)."""
+    blocks = []
+    for _, group in _pair_up(by_axis):
+        header, rows = _rows(group)
+        first = next(iter(group.values()))
+        md = [f"### {context_title(first)}", "", "| " + " | ".join(header) + " |",
+              "|" + "|".join("---" for _ in header) + "|"]
+        md += ["| " + " | ".join(r) + " |" for r in rows]
+        md += ["", _legend(first)]
+        blocks.append("\n".join(md))
+    return "\n\n".join(blocks) + "\n"
+
+
+SUMMARY_COLUMNS = (
+    "task", "pair", "temperature", "gamma", "top_p", "split", "n_examples", "max_new_tokens", "seeds", "axis",
+    "label", "method", "points", "cost_at_match", "reduction", "speedup", "best_quality", "best_delta",
+    "metric", "target_quality", "draft_quality", "ref_cost", "tol", "interpolate",
+)
+
+
+def write_summary_csv(path: str | Path, summaries: Sequence[Summary]) -> None:
+    """Tidy Table-2 CSV (one row per setting, axis and method), written atomically (temp + replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        w = csv.writer(handle, lineterminator="\n")
+        w.writerow(SUMMARY_COLUMNS)
+        for s in summaries:
+            for m in sorted(s.methods, key=lambda m: (order_key(m.method), m.label)):
+                ctx = s.context
+                w.writerow([
+                    ctx["task"], ctx["pair"], ctx["temperature"], ctx["gamma"],
+                    "" if ctx["top_p"] is None else ctx["top_p"], ctx["split"], ctx["n_examples"],
+                    ctx["max_new_tokens"], s.seeds, s.axis, m.label, m.method, m.points,
+                    *(_fmt(x) for x in (m.cost_at_match, m.reduction, m.speedup, m.best_quality, m.best_delta)),
+                    s.metric, *(_fmt(x) for x in (s.target_quality, s.draft_quality, s.ref_cost)), s.tol,
+                    int(s.interpolate),
+                ])
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fmt(x: float) -> str:
+    return "" if _nan(x) else f"{x:.6g}"

@@ -1,0 +1,274 @@
+"""The main job as a function: sweep a setup, write the CSV, the Table-2 summaries and the plots.
+
+``specref reproduce`` is a thin wrapper around :func:`reproduce`; notebooks and tests call it directly,
+optionally with their own :class:`~specref.repro.backend.Backend`.
+
+Output folder layout (``out`` / ``<zoo pair or setup name>`` /):
+
+* ``points.csv`` - every (method, alpha, setting, seed) point; resumable (see :mod:`specref.repro.store`);
+* ``summary.csv`` / ``summary.md`` - Table-2 numbers of this run's settings, on every cost axis;
+* ``claims.md`` - the paper's headline claims checked on these rows (:mod:`specref.repro.claims`);
+* ``cost_quality.png`` - the main setting's curves (modeled and wall-clock latency);
+* ``robustness_<factor>.png`` - one panel per temperature / gamma / top-p value, when swept;
+* ``run.json`` - the exact configuration of the last invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specref.repro.backend import Backend
+from specref.repro.methods import DEFAULT_METHODS, ROBUSTNESS_METHODS, get_method
+from specref.repro.runner import ROBUSTNESS, Point, RunInfo, RunReport, Setting, plan_points, run_points
+from specref.repro.setups import Setup
+from specref.repro.store import KEY_COLUMNS, PointStore, format_value, row_key
+from specref.repro.summary import COST_AXES, Summary, summarize
+
+__all__ = ["QUICK", "FULL", "ReproConfig", "ReproResult", "reproduce", "select_examples"]
+
+#: Quick mode (the default): sized so ``specref reproduce`` on the zoo translation pair finishes within
+#: 5 minutes on a 2-core CPU (measured: about a minute with random-init models of the pair's shape, which
+#: never stop early); per task: examples (evenly spaced over the test split) and max_new_tokens (about the
+#: 90th percentile of reference lengths). Full mode decodes the whole test split.
+QUICK: dict[str, dict[str, int]] = {
+    "translation": {"max_examples": 48, "max_new_tokens": 64},
+    "summarization": {"max_examples": 48, "max_new_tokens": 32},
+    "reasoning": {"max_examples": 48, "max_new_tokens": 64},
+}
+FULL: dict[str, dict[str, int]] = {
+    "translation": {"max_new_tokens": 144},
+    "summarization": {"max_new_tokens": 72},
+    "reasoning": {"max_new_tokens": 96},
+}
+_FALLBACK = {"max_examples": 16, "max_new_tokens": 32}
+
+
+@dataclass
+class ReproConfig:
+    """One reproduction. ``None`` fields take the setup's defaults, then the mode's (quick / full)."""
+
+    methods: Sequence[str] | None = None
+    alphas: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    full: bool = False
+    sweep: str = "main"  # "main", "robustness" (all factors), a factor name, or "all"
+    temperature: float | None = None
+    gamma: int | None = None
+    top_p: float | None = None
+    seeds: Sequence[int] | None = None
+    split: str | None = None
+    max_examples: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    cost_ratio: float | None = None
+    axis: str | None = None
+    tol: float = 0.0
+    interpolate: bool = True
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass
+class ReproResult:
+    """What a reproduction produced."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summaries: dict[str, list[Summary]]
+    report: RunReport
+    files: list[Path]
+    table: str
+    claims: list[Any] = field(default_factory=list)
+
+
+def select_examples(examples: Sequence[Any], n: int | None) -> list[Any]:
+    """``n`` examples evenly spaced over the split (all if ``n`` is None or too large).
+
+    Why evenly spaced: the splits are ordered (by book, by module), so the first ``n`` would all come from
+    one book; index ``floor(i * len / n)`` covers the whole split and is deterministic.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n < 1:
+        raise ValueError("max_examples must be >= 1")
+    return [examples[(i * len(examples)) // n] for i in range(n)]
+
+
+def _resolved(setup: Setup, cfg: ReproConfig, device: str = "cpu") -> dict[str, Any]:
+    """Every setting of the run, first found in: the explicit config; in quick mode the setup's ``quick``
+    section; the setup's defaults (the paper's setting for YAML setups); the mode's table for the task."""
+    task_name = getattr(setup.task, "name", "")
+    mode = (FULL if cfg.full else QUICK).get(task_name, {} if cfg.full else _FALLBACK)
+    layers = ([] if cfg.full else [setup.quick]) + [setup.defaults, mode]
+
+    def pick(name: str, fallback: Any) -> Any:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return value
+        for layer in layers:
+            if layer.get(name) is not None:
+                return layer[name]
+        return fallback
+
+    seeds = pick("seeds", [0, 1, 2] if cfg.full else [0])
+    return {
+        "methods": list(pick("methods", DEFAULT_METHODS)), "seeds": [int(x) for x in seeds],
+        "temperature": float(pick("temperature", 1.0)), "gamma": int(pick("gamma", 5)),
+        "top_p": pick("top_p", None), "split": pick("split", "test"),
+        "max_examples": pick("max_examples", None), "max_new_tokens": int(pick("max_new_tokens", 64)),
+        # full mode on a GPU: large batches (tiny models are launch-bound); modeled latency is batch-independent
+        "batch_size": int(pick("batch_size", (256 if device.startswith("cuda") else 32) if cfg.full else 16)),
+        "axis": pick("axis", "latency_model"),
+    }
+
+
+def _plan(r: dict[str, Any], cfg: ReproConfig, has_head: bool) -> tuple[list[Point], dict[str, list[Setting]]]:
+    """Points to decode and, per sweep part ("main" or a factor), the settings it covers."""
+    methods = [m for m in r["methods"] if has_head or not get_method(m).needs_head]
+    if has_head and "learned" not in methods and not cfg.methods:
+        methods.append("learned")
+    main = Setting(r["temperature"], r["gamma"], r["top_p"])
+    parts: dict[str, list[Setting]] = {}
+    if cfg.sweep in ("main", "all"):
+        parts["main"] = [main]
+    factors = list(ROBUSTNESS) if cfg.sweep in ("robustness", "all") else []
+    if cfg.sweep in ROBUSTNESS:
+        factors = [cfg.sweep]
+    if not parts and not factors:
+        raise ValueError(f"unknown sweep {cfg.sweep!r}; choose main, robustness, all, or one of {list(ROBUSTNESS)}")
+    points: list[Point] = []
+    if "main" in parts:
+        points += plan_points(methods, [main], r["seeds"], cfg.full, cfg.alphas)
+    robust_methods = [m for m in (cfg.methods or ROBUSTNESS_METHODS) if has_head or not get_method(m).needs_head]
+    if has_head and "learned" not in robust_methods and not cfg.methods:
+        robust_methods.append("learned")
+    for f in factors:
+        settings = list(ROBUSTNESS[f])
+        parts[f] = settings
+        # one seed suffices to show a trend; the main sweep carries the seed averaging
+        points += plan_points(robust_methods, settings, r["seeds"][:1], cfg.full, cfg.alphas)
+    unique = list(dict.fromkeys(points))
+    return unique, parts
+
+
+def reproduce(
+    setup: Setup,
+    out: str | Path,
+    cfg: ReproConfig | None = None,
+    backend: Backend | None = None,
+    device: str = "cpu",
+    head: Any = None,
+) -> ReproResult:
+    """Run (or resume) the sweep of ``setup`` and write everything under ``out / setup.folder``.
+
+    ``backend`` defaults to :class:`~specref.repro.hf.HFBackend` on ``device``; ``head`` is a loaded
+    deferral head for the ``learned`` method (set on ``backend`` when one is given).
+    """
+    from specref import __version__
+
+    cfg = cfg or ReproConfig()
+    r = _resolved(setup, cfg, device)
+    if r["axis"] not in COST_AXES:
+        raise ValueError(f"unknown cost axis {r['axis']!r}; choose one of {COST_AXES}")
+    out_dir = Path(out) / setup.folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples = select_examples(setup.task.load(r["split"]), r["max_examples"])
+    if not examples:
+        raise ValueError(f"task {setup.task.name!r} has no {r['split']} examples")
+    points, parts = _plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
+    if backend is None:
+        from specref.repro.hf import HFBackend
+
+        backend = HFBackend.from_setup(setup, device=device, head=head)
+    elif head is not None:
+        backend.head = head  # a given backend decodes the learned rule with this head from now on
+    c, c_source = backend.cost_ratio()
+    if cfg.cost_ratio is not None:
+        c, c_source = float(cfg.cost_ratio), "given"
+    elif setup.defaults.get("cost_ratio") is not None:
+        c, c_source = float(setup.defaults["cost_ratio"]), "config"
+    info = RunInfo(task=setup.task, pair=setup.pair, split=r["split"], examples=examples,
+                   max_new_tokens=r["max_new_tokens"], batch_size=r["batch_size"], cost_ratio=c,
+                   cost_ratio_source=c_source, version=__version__)
+    (out_dir / "run.json").write_text(json.dumps({
+        "setup": setup.name, "pair": setup.pair, "task": setup.task.name, "device": backend.device,
+        "cost_ratio": c, "cost_ratio_source": c_source, "n_examples": len(examples),
+        "example_ids": [str(e.id) for e in examples], "points": len(points),
+        "config": {**asdict(cfg), **{k: v for k, v in r.items()}},
+    }, indent=1, default=str) + "\n")
+    store = PointStore(out_dir / "points.csv")
+    report = run_points(backend, store, info, points, progress=cfg.progress)
+    wanted = {row_key(info.key_fields(p)) for p in points}
+    rows = [_with_cost_ratio(row, c) for row in store.read() if row_key(row) in wanted]
+    axes = [r["axis"]] + [a for a in ("latency_model", "latency_wall") if a != r["axis"]]
+    summaries = {a: summarize(rows, axis=a, tol=cfg.tol, interpolate=cfg.interpolate) for a in axes}
+    files = _write_outputs(out_dir, rows, summaries, parts, cfg.plots)
+    from specref.repro.claims import check_claims, claims_markdown
+    from specref.repro.report import format_summaries
+
+    claims = check_claims(rows, r["temperature"], r["gamma"], r["top_p"], axis=r["axis"]) if "main" in parts else []
+    if claims:
+        (out_dir / "claims.md").write_text(claims_markdown(claims, f"{setup.task.name} / {setup.pair}"))
+        files.append(out_dir / "claims.md")
+    table = format_summaries(summaries)
+    return ReproResult(out_dir, rows, summaries, report, files, table, claims)
+
+
+def _with_cost_ratio(row: dict[str, Any], c: float) -> dict[str, Any]:
+    """``row`` with ``latency_model`` recomputed from its raw counts at cost ratio ``c``.
+
+    Why: rows written by an earlier run may have used another ``c``; the counts are stored, so every row of
+    a summary is put on the same ``c`` without decoding again (the CSV keeps what each run wrote).
+    """
+    base = row.get("baseline_target_calls")
+    if base is None or not base or math.isnan(float(base)):
+        return row
+    out = dict(row)
+    out["latency_model"] = (float(row["target_calls"]) + c * float(row["draft_calls"])) / float(base)
+    out["cost_ratio"] = c
+    return out
+
+
+def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], summaries: dict[str, list[Summary]],
+                   parts: dict[str, list[Setting]], plots: bool) -> list[Path]:
+    from specref.repro.report import markdown_summaries, write_summary_csv
+
+    files = [out_dir / "points.csv"]
+    write_summary_csv(out_dir / "summary.csv", [s for group in summaries.values() for s in group])
+    md = out_dir / "summary.md"
+    tmp = md.with_name("summary.md.tmp")
+    tmp.write_text(markdown_summaries(summaries))
+    tmp.replace(md)
+    files += [out_dir / "summary.csv", md]
+    if not plots:
+        return files
+    from specref.repro.plot import plot_cost_quality, plot_settings
+
+    def in_settings(row: dict[str, Any], settings: list[Setting]) -> bool:
+        return any(
+            format_value("temperature", row["temperature"]) == format_value("temperature", s.temperature)
+            and row["gamma"] == s.gamma
+            and format_value("top_p", row["top_p"]) == format_value("top_p", s.top_p)
+            for s in settings
+        )
+
+    if "main" in parts:
+        main_rows = [row for row in rows if in_settings(row, parts["main"])]
+        if main_rows:
+            files.append(plot_cost_quality(main_rows, out_dir / "cost_quality.png"))
+    for factor, settings in parts.items():
+        if factor == "main":
+            continue
+        sub = [row for row in rows if in_settings(row, settings)]
+        if sub and not all(math.isnan(float(x["quality"])) for x in sub):
+            files.append(plot_settings(sub, out_dir / f"robustness_{factor}.png", vary=factor))
+    return files
+
+
+def key_of(point: Point, info: RunInfo) -> dict[str, Any]:
+    """The key columns of ``point`` under ``info`` (exposed for notebooks and tests)."""
+    return {c: info.key_fields(point)[c] for c in KEY_COLUMNS}
