@@ -1,0 +1,176 @@
+"""The embedded model zoo: small draft/target pairs trained by the project on the shipped task data.
+
+Pairs live as package data under ``specref/zoo/pairs/<pair>/{draft,target,tokenizer}/`` and load offline
+with the standard ``from_pretrained(path, local_files_only=True)``; ``trust_remote_code`` is never set.
+Zoo names work wherever a model path does: ``resolve_model("bible-en-es-t5:draft")`` gives the folder.
+Weights are built by ``training/zoo`` (see ``training/zoo/README.md``); until then :func:`load_pair` says how.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "ZOO_DIR", "ROLES", "PairSpec", "ZooPair", "list_pairs", "get_spec", "get_card", "pair_dir", "is_built",
+    "resolve_model", "load_tokenizer", "load_model", "load_pair",
+]
+
+ZOO_DIR = Path(__file__).resolve().parent / "pairs"
+ROLES = ("draft", "target")
+BUILD_HINT = (
+    "build it on a GPU machine with `python -m training.zoo.train_all --out OUT --minutes 7 --devices 0`, "
+    "then here `python -m training.zoo.finalize --from OUT` (see training/zoo/README.md)"
+)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """What a pair is for, independent of whether its weights exist yet."""
+
+    name: str
+    task: str
+    family: str  # "seq2seq" or "causal"
+    architecture: str
+    description: str
+
+
+_SPECS = {
+    spec.name: spec
+    for spec in (
+        PairSpec("bible-en-es-t5", "translation", "seq2seq", "T5ForConditionalGeneration",
+                 "T5 pair for English -> Spanish Bible verse translation (stands in for WMT)"),
+        PairSpec("stdlib-doc-t5", "summarization", "seq2seq", "T5ForConditionalGeneration",
+                 "T5 pair writing the first docstring sentence of a Python function (stands in for XSum)"),
+        PairSpec("arith-llama", "reasoning", "causal", "LlamaForCausalLM",
+                 "Llama decoder-only pair solving arithmetic word problems (stands in for GSM8K)"),
+    )
+}
+
+
+@dataclass
+class ZooPair:
+    """A loaded pair: both models in eval mode, their shared tokenizer and the model card."""
+
+    name: str
+    draft: Any
+    target: Any
+    tokenizer: Any
+    card: dict
+    task: str
+    family: str
+
+
+def list_pairs() -> list[str]:
+    """Names of the zoo pairs (built or not)."""
+    return list(_SPECS)
+
+
+def get_spec(name: str) -> PairSpec:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown zoo pair {name!r}; the zoo has {list_pairs()}") from None
+
+
+def pair_dir(name: str) -> Path:
+    return ZOO_DIR / get_spec(name).name
+
+
+def is_built(name: str) -> bool:
+    """True when both models of the pair have a config and weights on disk."""
+    folder = pair_dir(name)
+    return all((folder / role / f).is_file() for role in ROLES for f in ("config.json", "model.safetensors"))
+
+
+def get_card(name: str) -> dict:
+    """The pair's card: its spec, ``built``, and, once trained, everything in ``card.json``."""
+    spec = get_spec(name)
+    card: dict = {
+        "name": spec.name, "task": spec.task, "family": spec.family, "architecture": spec.architecture,
+        "description": spec.description,
+    }
+    file = pair_dir(name) / "card.json"
+    if file.is_file():
+        card.update(json.loads(file.read_text()))
+    card["built"] = is_built(name)
+    return card
+
+
+def _split_zoo_name(spec: str) -> tuple[str, str] | None:
+    for sep in (":", "/"):
+        if sep in spec:
+            pair, role = spec.split(sep, 1)
+            if pair in _SPECS:
+                return pair, role
+    return None
+
+
+def resolve_model(name_or_path: str | Path, role: str | None = None) -> str:
+    """A path usable by ``from_pretrained`` for a zoo name; anything else is returned unchanged.
+
+    Zoo names are ``<pair>:<role>`` (or ``<pair>/<role>``) with role ``draft``, ``target`` or
+    ``tokenizer``, or a bare pair name together with ``role``. An existing local path always wins, and a
+    hub id or path that is not a zoo name passes through, so callers can use this everywhere.
+    """
+    text = str(name_or_path)
+    if Path(text).exists():
+        return text
+    parsed = _split_zoo_name(text)
+    if parsed is None and text in _SPECS:
+        if role is None:
+            raise ValueError(f"{text!r} is a zoo pair: say which model, e.g. '{text}:draft' or '{text}:target'")
+        parsed = (text, role)
+    if parsed is None:
+        return text
+    pair, which = parsed
+    if which not in (*ROLES, "tokenizer"):
+        raise ValueError(f"unknown role {which!r} in {text!r}; use draft, target or tokenizer")
+    folder = pair_dir(pair) / which
+    if which != "tokenizer" and not is_built(pair):
+        raise FileNotFoundError(f"zoo pair {pair!r} is not built yet (no weights in {folder}); {BUILD_HINT}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"zoo pair {pair!r} has no {which} folder at {folder}; {BUILD_HINT}")
+    return str(folder)
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The fast tokenizer of a zoo pair (``<pair>`` or ``<pair>:tokenizer``) or of a model folder."""
+    from transformers import AutoTokenizer
+
+    text = str(name_or_path)
+    if text in _SPECS:
+        text = f"{text}:tokenizer"
+    return AutoTokenizer.from_pretrained(resolve_model(text), local_files_only=_is_local(text))
+
+
+def _is_local(text: str) -> bool:
+    return Path(text).exists() or _split_zoo_name(text) is not None or text in _SPECS
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A seq2seq or causal LM (picked from its config) in eval mode, from a zoo name or a path."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    path = resolve_model(name_or_path)
+    local = _is_local(str(name_or_path))
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(path, local_files_only=local, dtype=dtype)
+    return model.to(device).eval()
+
+
+def load_pair(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ZooPair:
+    """Both models, the shared tokenizer and the card of a zoo pair, offline."""
+    spec = get_spec(name)
+    if not is_built(name):
+        raise FileNotFoundError(f"zoo pair {name!r} is not built yet (no weights in {pair_dir(name)}); {BUILD_HINT}")
+    draft = load_model(f"{name}:draft", device, dtype)
+    target = load_model(f"{name}:target", device, dtype)
+    tokenizer = load_tokenizer(name)
+    return ZooPair(name=name, draft=draft, target=target, tokenizer=tokenizer, card=get_card(name),
+                   task=spec.task, family=spec.family)

@@ -1,0 +1,112 @@
+"""The zoo training pipeline on CPU: tiny models, a few steps, then finalize into a scratch zoo."""
+
+import json
+import tarfile
+
+import pytest
+
+pytest.importorskip("lightning.pytorch" if __import__("importlib").util.find_spec("lightning") else
+                    "pytorch_lightning")
+
+from specref.tasks import get_task  # noqa: E402
+from training.zoo import data as zdata  # noqa: E402
+from training.zoo import finalize, train_all  # noqa: E402
+from training.zoo.config import load_config  # noqa: E402
+from training.zoo.module import lr_factor  # noqa: E402
+from training.zoo.train_one import apply_overrides, load_tokenizer  # noqa: E402
+
+
+def test_lr_schedule():
+    assert lr_factor(0.0, 0.1, 0.05) == 0.0
+    assert lr_factor(0.05, 0.1, 0.05) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1, 0.05) == pytest.approx(1.0)
+    assert lr_factor(1.0, 0.1, 0.05) == pytest.approx(0.05)
+    assert lr_factor(2.0, 0.1, 0.05) == pytest.approx(0.05)  # past the budget: stays at the floor
+    values = [lr_factor(x / 100, 0.1, 0.05) for x in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_plan_spreads_targets_over_devices():
+    jobs = train_all.plan(["a", "b", "c"], ["0", "1"])
+    assert [j[:2] for j in jobs[:3]] == [("a", "target"), ("b", "target"), ("c", "target")]
+    assert [j[2] for j in jobs] == ["0", "1", "0", "1", "0", "1"]
+
+
+def test_configs_and_overrides():
+    for pair in ("bible-en-es-t5", "stdlib-doc-t5", "arith-llama"):
+        cfg = load_config(pair)
+        assert set(cfg["models"]) == {"draft", "target"} and cfg["models"]["target"]["lr"] > 0
+    cfg = apply_overrides(load_config("arith-llama"), ["models.target.lr=5e-4", "difficulty.max_value=50"])
+    assert cfg["models"]["target"]["lr"] == 5e-4 and cfg["difficulty"] == {"max_value": 50}
+    with pytest.raises(ValueError):
+        apply_overrides(cfg, ["no-equals-sign"])
+
+
+def test_causal_encoding_masks_prompt():
+    cfg = load_config("arith-llama", smoke=True)
+    tok = load_tokenizer("arith-llama")
+    task = get_task("reasoning")
+    ex = task.load("train", limit=2)
+    (ids, labels), _ = zdata.encode(tok, cfg, ex)
+    n_prompt = len(tok(task.format_prompt(ex[0]))["input_ids"])
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert labels[:n_prompt] == [-100] * n_prompt and labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == task.format_completion(ex[0])
+    stream = iter(zdata.GeneratedProblems(cfg, tok, chunk=4))
+    held_out = {e.source for e in task.load("test")}
+    row = next(stream)
+    assert tok.decode(row[0], skip_special_tokens=True).split("\nAnswer:")[0][len("Question: "):] not in held_out
+
+
+def test_train_all_and_finalize_smoke(tmp_path):
+    out, work, zoo_dir = tmp_path / "out", tmp_path / "work", tmp_path / "zoo"
+    pairs = ["arith-llama", "bible-en-es-t5"]  # one causal and one seq2seq pair: every code path
+    rc = train_all.main(["--out", str(out), "--work", str(work), "--devices", "cpu", "--max-steps", "3",
+                         "--smoke", "--inprocess", "--pairs", *pairs])
+    assert rc == 0
+    for pair in pairs:
+        with tarfile.open(out / f"{pair}.tar") as tar:
+            names = set(tar.getnames())
+        for part in ("draft", "target"):
+            assert {f"{part}/config.json", f"{part}/model.safetensors", f"{part}/generation_config.json"} <= names
+        assert "tokenizer/tokenizer.json" in names
+    with tarfile.open(out / "eval.tar") as tar:
+        names = set(tar.getnames())
+        run = json.loads(tar.extractfile("run.json").read())
+    assert {"arith-llama/draft/predictions.json", "bible-en-es-t5/acceptance.json", "run.json"} <= names
+    assert run["failed"] == [] and set(run["acceptance"]) == set(pairs)
+
+    rc = finalize.main(["--from", str(out), "--into", str(zoo_dir)])
+    assert rc == 1  # tiny untrained models cannot pass the quality bars
+    for pair in pairs:
+        card = json.loads((zoo_dir / pair / "card.json").read_text())
+        assert card["bars"]["all_pass"] is False and card["bars"]["quality_gap"]["pass"] is False
+        assert card["models"]["target"]["steps"] == 3 and card["models"]["draft"]["fp16_bytes"] > 0
+        assert 0 <= card["acceptance"]["acceptance"] <= 1
+        assert (zoo_dir / pair / "draft" / "model.safetensors").is_file()
+        assert "## Quality bars" in (zoo_dir / pair / "MODEL_CARD.md").read_text()
+    # a finalized folder loads with the standard from_pretrained, fp16 on disk -> fp32 in memory
+    from specref.zoo import load_model
+
+    model = load_model(zoo_dir / "arith-llama" / "target")
+    assert not model.training and next(model.parameters()).dtype.is_floating_point
+
+
+def test_finalize_bars_logic():
+    quality = {"metric": "bleu",
+               "greedy": {"draft": {"bleu": 10.0, "empty_rate": 0.0, "loop_rate": 0.0},
+                          "target": {"bleu": 14.0, "empty_rate": 0.0, "loop_rate": 0.01}},
+               "sampled_t1": {"draft": {"bleu": 5.0, "empty_rate": 0.0, "loop_rate": 0.0},
+                              "target": {"bleu": 8.0, "empty_rate": 0.0, "loop_rate": 0.0}}}
+    bars = finalize.check_bars("translation", quality, 0.7)
+    assert bars["all_pass"]
+    assert not finalize.check_bars("translation", quality, 0.95)["acceptance"]["pass"]
+    quality["greedy"]["target"]["bleu"] = 12.0
+    assert not finalize.check_bars("translation", quality, 0.7)["quality_gap"]["pass"]
+    quality["greedy"]["draft"]["loop_rate"] = 0.5
+    assert not finalize.check_bars("translation", quality, 0.7)["non_degenerate"]["pass"]
+
+
+def test_finalize_missing_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_all"):
+        finalize.finalize(tmp_path, tmp_path / "zoo")
