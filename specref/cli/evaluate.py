@@ -15,12 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+from specref.cli._args import float_tuple
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--logs", nargs="+", required=True, help="log directories (held-out data)")
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
                    help="a saved head to evaluate (repeatable); NAME defaults to the folder name")
-    p.add_argument("--alphas", type=_floats, help="alpha grid (default: the logs' token-rule grid)")
+    p.add_argument("--alphas", type=float_tuple, help="alpha grid (default: the logs' token-rule grid)")
     p.add_argument("--holdout", type=float, help="evaluate only the examples held out at this fraction")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--methods", help="comma-separated baselines (default: all of "

@@ -13,14 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from specref.cli._args import float_tuple
 from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def register(subparsers: Any) -> None:
@@ -42,7 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hidden", nargs="*", default=[], choices=("draft", "target"),
                    help="also log these models' last hidden states")
     p.add_argument("--examples-per-shard", type=int, default=64)
-    p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS,
+    p.add_argument("--alphas", type=float_tuple, default=DEFAULT_ALPHAS,
                    help="alpha grid of the exact token-rule columns (comma-separated)")
     p.add_argument("--tail-points", type=int, default=DEFAULT_TAIL_POINTS)
     p.add_argument("--overwrite", action="store_true", help="discard existing logs in --out instead of resuming")
