@@ -106,7 +106,13 @@ CASES += [(m, "eager") for m in ("llama", "gpt2", "t5", "gemma2")]
 
 @pytest.mark.parametrize("model_type,attn", CASES)
 def test_family_decodes_like_uncached_forwards(model_type, attn):
-    target, draft = build(model_type, 0, attn), build(model_type, 1, attn)
+    try:
+        target, draft = build(model_type, 0, attn), build(model_type, 1, attn)
+    except ValueError as err:
+        # Newer transformers releases withdraw sdpa from some families (Gemma 2 in 5.24); nothing to test.
+        if "does not support an attention implementation" not in str(err):
+            raise
+        pytest.skip(f"{model_type} cannot use {attn} attention in this transformers release")
     dec = make_decoder(draft, target, "specdecode", gamma=3)
     w = max(len(p) for p in PROMPTS)
     ids = torch.tensor([[0] * (w - len(p)) + p for p in PROMPTS])
