@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from specref.decode.kvcache import SlotCache, SlotTable
+from specref.decode.kvcache import PreallocSlotTable, SlotCache, SlotTable
 
 __all__ = [
     "SUPPORTED_CAUSAL",
@@ -51,6 +51,13 @@ SUPPORTED_CAUSAL = frozenset(
         "smollm3",
     }
 )
+#: Decoding engines (see docs/performance.md): ``plain`` is the reference path; ``fast`` preallocates the slot
+#: tables and trims per-step work (identical outputs); the static engines keep every shape fixed (slot
+#: tables and KV buffers of one capacity, masks over the whole capacity) so that a forward can be replayed
+#: as a CUDA graph (``graph``) and/or compiled with ``torch.compile`` (``compile``, ``compile-graph``).
+ENGINES = ("plain", "fast", "static", "graph", "compile", "compile-graph")
+STATIC_ENGINES = ("static", "graph", "compile", "compile-graph")
+
 #: Encoder-decoder families (relative position bias: run with contiguous caches).
 SUPPORTED_SEQ2SEQ = frozenset({"t5", "mt5"})
 # (UMT5 is left out: in transformers 5.17 its cached decoding disagrees with its own uncached forward.)
@@ -147,16 +154,24 @@ class ModelAdapter:
         capacity: int,
         *,
         position_shift: Tensor | None = None,
+        engine: str = "plain",
+        reserve: int = 1,
     ) -> tuple[Session, Tensor, Tensor]:
         """Encode / prefill and return ``(session, pending_token [B], pending_position [B])``.
 
         For causal LMs the prompt minus its last token is prefilled; the last token is left pending (the
         first forward of decoding feeds it). For seq2seq the encoder runs once and the pending token is
         ``decoder_start_token_id`` at position 0. ``position_shift`` ``[B]`` (tests only) offsets the
-        positions of every token after the prefill.
+        positions of every token after the prefill. ``engine`` picks the session kind (:data:`ENGINES`);
+        ``reserve`` is the most slots one round appends (static engines keep that much room free).
         """
         b, w = input_ids.shape
-        session = Session(self, b, capacity, vocab)
+        if engine in STATIC_ENGINES:
+            from specref.decode.static import StaticSession
+
+            session: Any = StaticSession(self, b, capacity, vocab, engine, reserve)
+        else:
+            session = Session(self, b, capacity, vocab, prealloc=engine == "fast")
         if self.is_seq2seq:
             enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             session.encoder_outputs = enc
@@ -180,10 +195,13 @@ class ModelAdapter:
 class Session:
     """One model's state during one ``generate`` call (rows may leave the batch as they finish)."""
 
-    def __init__(self, adapter: ModelAdapter, batch: int, capacity: int, vocab: int) -> None:
+    def __init__(self, adapter: ModelAdapter, batch: int, capacity: int, vocab: int, prealloc: bool = False) -> None:
         self.adapter = adapter
         self.vocab = vocab
-        self.table = SlotTable(batch, adapter.device)
+        self.prealloc = prealloc
+        self.table: SlotTable = PreallocSlotTable(batch, adapter.device, capacity) if prealloc else SlotTable(
+            batch, adapter.device
+        )
         self.self_cache = SlotCache(capacity)
         self.cache: Any = (
             EncoderDecoderCache(self.self_cache, DynamicCache()) if adapter.is_seq2seq else self.self_cache
@@ -193,6 +211,9 @@ class Session:
         self.forwards = 0
         #: compactions done (for tests and profiling)
         self.compactions = 0
+        #: optional :class:`~specref.decode.profile.RoundProfiler` (None: no timing, no cost)
+        self.profiler: Any = None
+        self.role = adapter.role
 
     @property
     def contiguous(self) -> bool:
@@ -213,10 +234,18 @@ class Session:
         logits: bool = True,
     ) -> ForwardOut:
         """Append a block of ``n`` tokens for every row; return their logits (and last hidden states)."""
-        if real is None:
-            real = torch.ones_like(tokens, dtype=torch.bool)
         ad = self.adapter
-        mask = self._mask(real) if ad.own_mask else torch.cat([self.table.valid, real], dim=1).long()
+        if self.prealloc and ad.own_mask:
+            # Write the block into the table first; the mask is then read off the table itself. For one
+            # live token per row the mask is exactly the row's live slots (a view: no kernel at all).
+            self.table.append(real, positions)
+            mask = self._mask_after_append(real, tokens.shape[1])
+            appended = True
+        else:
+            if real is None:
+                real = torch.ones_like(tokens, dtype=torch.bool)
+            mask = self._mask(real) if ad.own_mask else torch.cat([self.table.valid, real], dim=1).long()
+            appended = False
         kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True, "return_dict": True}
         if hidden:
             kwargs["output_hidden_states"] = True
@@ -233,9 +262,15 @@ class Session:
             pos = positions if ad.context is None else positions.clamp(max=ad.context - 1)
             if not logits and not hidden:
                 kwargs["logits_to_keep"] = 1
+            prof = self.profiler
+            if prof is not None:
+                prof.forward_begin(self.role)
             out = ad.model(input_ids=tokens, attention_mask=mask, position_ids=pos, **kwargs)
+            if prof is not None:
+                prof.forward_end(self.role)
             hs = out.hidden_states[-1] if hidden else None
-        self.table.append(real, positions)
+        if not appended:
+            self.table.append(real, positions)
         self.forwards += 1
         lg = out.logits[..., : self.vocab] if logits else out.logits
         return ForwardOut(lg, hs)
@@ -248,6 +283,20 @@ class Session:
         kv = torch.arange(length + n, device=real.device)
         q = torch.arange(length, length + n, device=real.device).unsqueeze(1)
         allowed = (live.unsqueeze(1) & (kv <= q).unsqueeze(0)) | (kv == q).unsqueeze(0)
+        return self.format_mask(allowed.unsqueeze(1))
+
+    def _mask_after_append(self, real: Tensor | None, n: int) -> Tensor:
+        """The mask of :meth:`_mask`, read off a table that already holds the new block."""
+        live = self.table.valid  # [B, L + n]
+        if n == 1 and real is None:
+            # the query at slot L sees every live slot up to L, itself included (its token is live)
+            return self.format_mask(live[:, None, None, :])
+        length = live.shape[1] - n
+        kv = torch.arange(length + n, device=live.device)
+        q = torch.arange(length, length + n, device=live.device).unsqueeze(1)
+        allowed = live.unsqueeze(1) & (kv <= q).unsqueeze(0)
+        if real is not None:  # junk queries always see themselves
+            allowed = allowed | (kv == q).unsqueeze(0)
         return self.format_mask(allowed.unsqueeze(1))
 
     def format_mask(self, allowed: Tensor) -> Tensor:

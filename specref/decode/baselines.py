@@ -75,7 +75,10 @@ def _autoregress(
     gen = torch.zeros_like(pend)
     ones = torch.ones_like(pend)
     calls = cnt.target_calls if role == "target" else cnt.draft_calls
+    prof = ctx.profiler
     while True:
+        if prof is not None:
+            prof.round_begin()
         fo = session.forward(pend.unsqueeze(1), pos.unsqueeze(1))
         lg = fo.logits[:, -1]
         bad = _nonfinite(lg)
@@ -114,6 +117,8 @@ def _autoregress(
             _raise_nonfinite(role)
         n_alive = vals[1]
         if n_alive == 0:
+            if prof is not None:
+                prof.round_end()
             return
         rows = None
         if n_alive < row_ids.shape[0]:
@@ -122,10 +127,14 @@ def _autoregress(
                 t.index_select(0, rows) for t in (row_ids, seeds, gen, pend, pos, ones)
             )
         session.maintain(vals[2:5], rows)
+        if prof is not None:
+            prof.round_end()
 
 
 class SingleModelDecoder(BaseDecoder):
     """Autoregressive decoding with the target alone (``use="target"``) or the draft alone (``"draft"``)."""
+
+    supports_static = True
 
     def __init__(self, draft: Any, target: Any, use: str = "target", **kwargs: Any) -> None:
         if use not in ("target", "draft"):

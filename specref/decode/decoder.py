@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from specref import rules as rules_mod
-from specref.decode.adapters import ModelAdapter, Session, check_prompts, shared_vocab_size
+from specref.decode.adapters import ENGINES, STATIC_ENGINES, ModelAdapter, Session, check_prompts, shared_vocab_size
+from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.stats import DecodeStats, RoundRecord, Timer, _Counters, entropy
 from specref.dists import probs_from_logits, sample_categorical, tv
-from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, keyed_uniform
+from specref.rng import _GOLDEN, STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, _srl, hash64, keyed_uniform
 from specref.verify import PAD, BlockUniforms, verify_block
 
 __all__ = [
@@ -169,6 +170,8 @@ class _Ctx:
         self.rounds = 0
         self.extra: dict[str, Tensor] = {}
         self.prompt_len = mask.sum(dim=1)
+        #: optional :class:`~specref.decode.profile.RoundProfiler`
+        self.profiler: Any = None
 
     def probs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
@@ -200,6 +203,26 @@ class _Ctx:
         return n_out, finished
 
 
+_ROUND_STREAMS = (STREAM_DRAFT, STREAM_ACCEPT, STREAM_SAMPLE)
+
+
+def _stream_keys(seeds: Tensor, streams: Sequence[int] = _ROUND_STREAMS) -> Tensor:
+    """``[B, S]`` per-row keys of :func:`specref.rng.keyed_uniform` for each stream (constant per row)."""
+    st = torch.tensor(list(streams), dtype=torch.long, device=seeds.device)
+    return hash64(hash64(seeds.to(torch.int64)).unsqueeze(1) + st)
+
+
+def _round_uniforms(keys: Tensor, start: Tensor, k: int) -> Tensor:
+    """``[B, S, k]`` float32: ``keyed_uniform(seed, start + j, stream_s)`` for j < k, in one pass.
+
+    The same integer arithmetic as :func:`specref.rng.keyed_uniform` (tests check it bit for bit), for
+    all of a round's streams at once and with the per-row keys computed once per ``generate``.
+    """
+    counter = start.unsqueeze(1) + torch.arange(k, device=start.device)  # [B, k]
+    h = hash64(keys.unsqueeze(-1) + ((counter + 1) * _GOLDEN).unsqueeze(1))
+    return (_srl(h, 40).to(torch.float64) * 2.0**-24).to(torch.float32)
+
+
 def _nonfinite(logits: Tensor) -> Tensor:
     """0-dim bool: some row's logits contain NaN / +inf or are all -inf."""
     return ~torch.isfinite(logits.float().amax(dim=-1)).all()
@@ -222,13 +245,19 @@ class BaseDecoder:
 
     Subclasses implement :meth:`_run`. ``tokenizer`` / ``draft_tokenizer`` (optional) are checked for a
     shared vocabulary; ``vocab_size`` overrides the inferred shared vocabulary; ``c`` is the draft/target
-    cost ratio used for modeled latency.
+    cost ratio used for modeled latency. ``engine`` (see ``docs/performance.md``): ``"plain"`` (the
+    reference path), ``"fast"`` (preallocated slot tables, a leaner round, fused rule + verification;
+    identical outputs), or a static-shape engine, ``"static"``, ``"graph"`` (CUDA graphs of the model
+    forwards), ``"compile"`` / ``"compile-graph"`` (``torch.compile``), for causal models with the
+    speculative and single-model decoders.
     """
 
     method = "base"
     gamma = 0
     uses_draft = True
     uses_target = True
+    #: decoders whose loops run on static-shape sessions (no rollback by truncation)
+    supports_static = False
 
     def __init__(
         self,
@@ -240,7 +269,11 @@ class BaseDecoder:
         vocab_size: int | None = None,
         c: float = 0.0,
         allow_untested: bool = False,
+        engine: str = "plain",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         self.draft = ModelAdapter(draft, "draft", allow_untested=allow_untested)
         self.target = ModelAdapter(target, "target", allow_untested=allow_untested)
         if self.draft.device != self.target.device:
@@ -251,6 +284,15 @@ class BaseDecoder:
         self.c = _check_cost(c)
         self.is_seq2seq = self.draft.is_seq2seq
         self.device = self.target.device
+        if engine in STATIC_ENGINES:
+            if not self.supports_static:
+                raise ValueError(f"engine {engine!r} is available for the speculative and single-model decoders only")
+            for ad in (self.draft, self.target):
+                if ad.is_seq2seq or ad.sliding or not ad.own_mask:
+                    raise ValueError(
+                        f"engine {engine!r} needs causal models without sliding-window attention; the {ad.role} is "
+                        f"{ad.model_type!r}: use engine='fast'"
+                    )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(method={self.method!r}, gamma={self.gamma}, vocab={self.vocab})"
@@ -288,12 +330,14 @@ class BaseDecoder:
         seed: int | Sequence[int] = 0,
         eos_token_id: int | Sequence[int] | None = None,
         on_round: Callable[[RoundRecord], Any] | None = None,
+        profiler: Any = None,
     ) -> GenerateOutput:
         """Decode a batch of LEFT-padded prompts (seq2seq: encoder inputs).
 
         ``seed`` is an int (row i uses ``seed + i``) or one seed per row; a row's output depends only on its
         prompt and its seed. ``temperature=0`` is greedy. ``eos_token_id`` (int or list) ends a row (the EOS
-        token is kept). ``on_round`` receives a :class:`RoundRecord` after every round.
+        token is kept). ``on_round`` receives a :class:`RoundRecord` after every round. ``profiler`` (a
+        :class:`~specref.decode.profile.RoundProfiler`) records round and model-forward times.
         """
         max_new = _check_int("max_new_tokens", max_new_tokens, 1)
         t, k, p = _check_sampling(temperature, top_k, top_p)
@@ -304,6 +348,9 @@ class BaseDecoder:
         seeds = _seeds(seed, ids.shape[0], self.device)
         eos = _eos(eos_token_id, self.vocab, self.device)
         ctx = _Ctx(self, ids, mask, max_new, t, k, p, seeds, eos, on_round, self._block())
+        if profiler is not None:
+            profiler.bind(self.device)
+            ctx.profiler = profiler
         timer = Timer(self.device)
         with torch.inference_mode():
             timer.start()
@@ -331,7 +378,10 @@ class BaseDecoder:
         self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor, shift: Tensor | None = None
     ) -> tuple[Session, Tensor, Tensor]:
         cap = ids.shape[1] + ctx.max_new + 4 * (self._block() + 1) + 8
-        session, pending, pos = ad.start(ids, mask, self.vocab, cap, position_shift=shift)
+        session, pending, pos = ad.start(
+            ids, mask, self.vocab, cap, position_shift=shift, engine=self.engine, reserve=self._block()
+        )
+        session.profiler = ctx.profiler
         if ad.is_seq2seq or ids.shape[1] > 1:
             ctx.prefill_forwards += 1  # the encoder, or the prompt minus its last token
         return session, pending, pos
@@ -367,6 +417,7 @@ class SpecCascadeDecoder(BaseDecoder):
     """
 
     method = "spec_cascade"
+    supports_static = True
 
     def __init__(
         self,
@@ -399,6 +450,9 @@ class SpecCascadeDecoder(BaseDecoder):
         super().__init__(draft, target, **kwargs)
         head = getattr(rule, "head", None)
         self.wants_hidden = bool(getattr(head, "wants_hidden", False))
+        if self.wants_hidden and self.engine in STATIC_ENGINES:
+            raise ValueError(f"engine {self.engine!r} does not return hidden states, which this head needs: use 'fast'")
+        self._fused_kind = fused_kind(self.rule)
         # Test hooks for deliberately wrong variants (negative controls). Never set them in real use.
         self._bug_no_rollback = False
         self._bug_position_shift = False
@@ -411,8 +465,12 @@ class SpecCascadeDecoder(BaseDecoder):
         return self.gamma + 1
 
     def _run(self, ctx: _Ctx) -> None:
+        if self.engine != "plain":
+            self._run_fast(ctx)
+            return
         g = self.gamma
         dev = ctx.device
+        prof = ctx.profiler
         shift = None
         if self._bug_position_shift:
             shift = (ctx.mask[:, 0] == 0).long()  # rows with left padding are off by one
@@ -425,6 +483,8 @@ class SpecCascadeDecoder(BaseDecoder):
         ar_g1 = torch.arange(g + 1, device=dev)
         cnt = ctx.counters
         while True:
+            if prof is not None:
+                prof.round_begin()
             # 1. draft gamma + 1 steps
             bad = torch.zeros((), dtype=torch.bool, device=dev)
             tok = pend.unsqueeze(1)
@@ -510,6 +570,8 @@ class SpecCascadeDecoder(BaseDecoder):
                 _raise_nonfinite("draft or target")
             n_alive = vals[1]
             if n_alive == 0:
+                if prof is not None:
+                    prof.round_end()
                 break
             rows = None
             if n_alive < row_ids.shape[0]:
@@ -517,6 +579,139 @@ class SpecCascadeDecoder(BaseDecoder):
                 row_ids, seeds, gen, pend, pos = (x.index_select(0, rows) for x in (row_ids, seeds, gen, pend, pos))
             draft.maintain(vals[2:5], rows)
             target.maintain(vals[5:8], rows)
+            if prof is not None:
+                prof.round_end()
+
+    def _run_fast(self, ctx: _Ctx) -> None:
+        """The round loop of the ``fast`` and static engines: same draws, same outputs, less work per round.
+
+        Differences from :meth:`_run` (each exact): one non-finite check per round on the stacked untempered
+        distributions instead of one per forward (softmax is non-finite iff the logits are NaN, +inf or all
+        -inf); the rule and verification fused (:mod:`specref.decode.fused`) when no ``on_round`` hook needs
+        the full per-position tensors; per-row counters accumulated in one ``[B, K]`` tensor of the live rows
+        and written back (assigned, so float sums keep their order) only when rows leave and at the end.
+        """
+        g = self.gamma
+        dev = ctx.device
+        prof = ctx.profiler
+        draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
+        target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask)
+        row_ids = torch.arange(ctx.batch, device=dev)
+        gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
+        ar_g = torch.arange(g, device=dev)
+        ar_g1 = torch.arange(g + 1, device=dev)
+        ar_col = ar_g.unsqueeze(0)
+        # live-row accumulators: rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g]
+        acc_i = torch.zeros((ctx.batch, 4 + 2 * g), dtype=torch.long, device=dev)
+        acc_d = torch.zeros(ctx.batch, dtype=torch.float64, device=dev)
+        keys = _stream_keys(ctx.seeds)  # [B, 3]: draft, accept, sample streams
+        fused = self._fused_kind if (ctx.on_round is None and not self._bug_bonus_from_q) else None
+        hidden = self.wants_hidden
+
+        def flush() -> None:
+            cnt = ctx.counters
+            r = acc_i[:, 0]
+            cnt.rounds[row_ids] = r
+            cnt.draft_calls[row_ids] = r * (g + 1)
+            cnt.target_calls[row_ids] = r
+            cnt.drafted[row_ids] = acc_i[:, 1]
+            cnt.defer_positions[row_ids] = acc_i[:, 1]
+            cnt.accepted[row_ids] = acc_i[:, 2]
+            cnt.rejections[row_ids] = acc_i[:, 3]
+            cnt.pos_reached[row_ids] = acc_i[:, 4 : 4 + g]
+            cnt.pos_accepted[row_ids] = acc_i[:, 4 + g :]
+            cnt.deferred[row_ids] = acc_d
+
+        while True:
+            if prof is not None:
+                prof.round_begin()
+            # 1. draft gamma + 1 steps
+            tok = pend.unsqueeze(1)
+            q_list, qr_list, d_list, dh_list = [], [], [], []
+            u_all = _round_uniforms(keys, gen, g + 1)  # [B, 3, g + 1]
+            u_draft = u_all[:, 0]
+            for i in range(g + 1):
+                fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=hidden)
+                qr, q = ctx.probs(fo.logits[:, -1])
+                q_list.append(q)
+                qr_list.append(qr)
+                if hidden:
+                    dh_list.append(fo.hidden[:, -1])
+                if i < g:
+                    d = sample_categorical(q, u_draft[:, i])
+                    d_list.append(d)
+                    tok = d.unsqueeze(1)
+            ctx.draft_forwards += g + 1
+            drafts = torch.stack(d_list, dim=1)
+            q_rule = torch.stack(qr_list, dim=1)
+            q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
+            # 2. one target call on the pending token and the drafts
+            block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
+            fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
+            ctx.target_forwards += 1
+            p_rule, p = ctx.probs(fo_t.logits)
+            # softmax rows are in [0, 1] or all NaN: a row max is NaN iff the row is (max propagates NaN)
+            bad = ~(torch.isfinite(q_rule.amax(dim=-1)).all() & torch.isfinite(p_rule.amax(dim=-1)).all())
+            # 3. rule + verification with keyed uniforms
+            features = None
+            if hidden:
+                features = {"draft_hidden": torch.stack(dh_list, dim=1), "target_hidden": fo_t.hidden}
+            u_acc, u_smp = u_all[:, 1, :g], u_all[:, 2]
+            res: Any = None
+            if fused is not None:
+                res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused)
+            if res is None:
+                bonus: Any = q[:, g] if self._bug_bonus_from_q else self.bonus
+                res = verify_block(
+                    drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=bonus,
+                    uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False,
+                )
+            acc = res.accepted
+            # 4. roll back both caches: keep the pending token and the accepted drafts
+            keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
+            draft.keep_last(g + 1, keep)
+            target.keep_last(g + 1, keep)
+            n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
+            # statistics (device side, live rows)
+            acc_col = acc.unsqueeze(1)
+            reached = ar_col <= acc_col
+            n_reached = reached.sum(dim=1)
+            acc_i[:, 0] += 1
+            acc_i[:, 1:] += torch.cat(
+                [torch.stack([n_reached, acc, (acc < g).long()], dim=1), reached.long(), (ar_col < acc_col).long()],
+                dim=1,
+            )
+            acc_d += (res.defer_drafted.double() * reached).sum(dim=1)
+            if ctx.on_round is not None:
+                ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
+            ctx.rounds += 1
+            pend = res.tokens.gather(1, acc_col).squeeze(1)
+            pos = pos + acc + 1
+            gen = gen + n_out
+            # 5. the round's single host sync
+            alive = ~finished
+            # both sessions saw the same appends, rollbacks and compactions: their slot tables are equal
+            payload = torch.cat([torch.stack([bad.long(), alive.sum()]), draft.summary()])
+            vals = payload.tolist()
+            if vals[0]:
+                _raise_nonfinite("draft or target")
+            n_alive = vals[1]
+            if n_alive == 0:
+                flush()
+                if prof is not None:
+                    prof.round_end()
+                break
+            rows = None
+            if n_alive < row_ids.shape[0]:
+                flush()
+                rows = _alive_rows(finished, n_alive)
+                row_ids, keys, gen, pend, pos, acc_i, acc_d = (
+                    x.index_select(0, rows) for x in (row_ids, keys, gen, pend, pos, acc_i, acc_d)
+                )
+            draft.maintain(vals[2:5], rows)
+            target.maintain(vals[2:5], rows)
+            if prof is not None:
+                prof.round_end()
 
     def _record(
         self,
@@ -570,7 +765,7 @@ def make_decoder(
 ) -> BaseDecoder:
     """Build the decoder for ``method`` (one of :data:`METHODS`, or a Rule object).
 
-    Options by method (all also take ``tokenizer``, ``draft_tokenizer``, ``vocab_size``, ``c``):
+    Options by method (all also take ``tokenizer``, ``draft_tokenizer``, ``vocab_size``, ``c``, ``engine``):
 
     * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); rule options such as
       ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
@@ -584,7 +779,9 @@ def make_decoder(
     from specref.decode import baselines
 
     common = {
-        k: options.pop(k) for k in ("tokenizer", "draft_tokenizer", "vocab_size", "c", "allow_untested") if k in options
+        k: options.pop(k)
+        for k in ("tokenizer", "draft_tokenizer", "vocab_size", "c", "allow_untested", "engine")
+        if k in options
     }
     if isinstance(method, rules_mod.Rule):
         return SpecCascadeDecoder(draft, target, method, gamma, **options, **common)

@@ -209,3 +209,89 @@ class SlotTable:
     def select_rows(self, rows: Tensor) -> None:
         self.valid = self.valid.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)
+
+
+class PreallocSlotTable(SlotTable):
+    """A :class:`SlotTable` over preallocated ``[B, capacity]`` buffers (the ``fast`` engine).
+
+    Same contents and semantics as :class:`SlotTable`, but appending a block writes into the buffers
+    instead of concatenating the whole table, rollback edits only the affected slots, and ``valid`` /
+    ``pos`` are views. Invariant (as in the plain table): ``pos == -1`` wherever ``valid`` is false.
+    """
+
+    def __init__(self, batch: int, device: torch.device, capacity: int = 64) -> None:
+        self._cap = max(int(capacity), 1)
+        self._v = torch.zeros((batch, self._cap), dtype=torch.bool, device=device)
+        self._p = torch.full((batch, self._cap), -1, dtype=torch.long, device=device)
+        self._len = 0
+
+    @property
+    def valid(self) -> Tensor:  # type: ignore[override]
+        return self._v[:, : self._len]
+
+    @property
+    def pos(self) -> Tensor:  # type: ignore[override]
+        return self._p[:, : self._len]
+
+    @property
+    def length(self) -> int:
+        return self._len
+
+    def _reserve(self, need: int) -> None:
+        if need <= self._cap:
+            return
+        cap = max(need, int(self._cap * 1.5) + 16)
+        v = torch.zeros((self._v.shape[0], cap), dtype=torch.bool, device=self._v.device)
+        p = torch.full((self._p.shape[0], cap), -1, dtype=torch.long, device=self._p.device)
+        v[:, : self._len] = self.valid
+        p[:, : self._len] = self.pos
+        self._v, self._p, self._cap = v, p, cap
+
+    def append(self, real: Tensor | None, positions: Tensor) -> None:
+        """As :meth:`SlotTable.append`; ``real=None`` means every new slot is live (no mask to read)."""
+        n = positions.shape[1]
+        self._reserve(self._len + n)
+        s, e = self._len, self._len + n
+        if real is None:
+            self._v[:, s:e] = True
+            self._p[:, s:e] = positions
+        else:
+            self._v[:, s:e] = real
+            self._p[:, s:e] = torch.where(real, positions, torch.full_like(positions, -1))
+        self._len = e
+
+    def keep_last(self, n: int, keep: Tensor) -> None:
+        if n == 0:
+            return
+        tail = self._v[:, self._len - n : self._len]
+        tail &= keep
+        self._p[:, self._len - n : self._len].masked_fill_(~tail, -1)
+
+    def truncate(self, lengths: Tensor, rows: Tensor | None = None) -> None:
+        pos = self.pos
+        cut = pos >= lengths.unsqueeze(1)
+        if rows is not None:
+            cut = cut & rows.unsqueeze(1)
+        self.valid.masked_fill_(cut, False)
+        pos.masked_fill_(cut, -1)
+
+    def crop(self, n: int) -> None:
+        if n > 0:
+            self._len -= n
+
+    def compaction_plan(self, rows: Tensor | None, new_len: int) -> Tensor:
+        plain = SlotTable.__new__(SlotTable)
+        plain.valid, plain.pos = self.valid, self.pos
+        slots = SlotTable.compaction_plan(plain, rows, new_len)
+        if rows is not None and rows.shape[0] != self._v.shape[0]:
+            self._v = torch.zeros((rows.shape[0], self._cap), dtype=torch.bool, device=self._v.device)
+            self._p = torch.full((rows.shape[0], self._cap), -1, dtype=torch.long, device=self._p.device)
+        self._reserve(new_len)
+        self._v[:, :new_len] = plain.valid
+        self._p[:, :new_len] = plain.pos
+        self._len = new_len
+        return slots
+
+    def select_rows(self, rows: Tensor) -> None:
+        self._v = self._v.index_select(0, rows)
+        self._p = self._p.index_select(0, rows)

@@ -89,6 +89,8 @@ class HFBackend:
             self.device += f" ({torch.cuda.get_device_name(self.torch_device)})"
         self.head = head
         self.card = card or {}
+        #: decoding engine handed to make_decoder ("plain" or "fast": identical outputs; see docs/performance.md)
+        self.engine = "plain"
         if cost_ratio is not None:
             self._c = (float(cost_ratio), cost_ratio_source)
         elif isinstance(self.card.get("cost_ratio"), (int, float)):
@@ -133,6 +135,16 @@ class HFBackend:
             self._prompt_ids[key] = list(self.tokenizer(self.task.format_prompt(example)).input_ids)
         return self._prompt_ids[key]
 
+    def batch_plan(self, examples: Sequence[Any], batch_size: int) -> list[list[int]]:
+        """The batches :meth:`decode` forms: example indices sorted by prompt length, cut every ``batch_size``.
+
+        Decoding one batch's examples on their own (in this order) reproduces that batch exactly, which is
+        what lets :mod:`specref.repro.distributed` split a decode across devices and merge it bit for bit.
+        """
+        ids = [self._ids(e) for e in examples]
+        order = sorted(range(len(examples)), key=lambda i: (len(ids[i]), i))
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
     def decode(self, request: DecodeRequest, examples: Sequence[Any]) -> DecodeOutput:
         from specref.decode import make_decoder
 
@@ -142,15 +154,13 @@ class HFBackend:
                 raise ValueError("method 'learned' needs a deferral head (--head PATH)")
             options["head"] = self.head
         dec = make_decoder(self.draft, self.target, request.method, alpha=request.alpha, gamma=request.gamma,
-                           tokenizer=self.tokenizer, c=self._c[0], **options)
+                           tokenizer=self.tokenizer, c=self._c[0], engine=self.engine, **options)
         tok = self.tokenizer
         ids = [self._ids(e) for e in examples]
         seeds = [example_seed(request.seed, str(e.id)) for e in examples]
-        order = sorted(range(len(examples)), key=lambda i: (len(ids[i]), i))
         texts: list[str] = [""] * len(examples)
         acc = dict(tokens=0, target=0, draft=0, drafted=0, rejected=0, deferred=0.0, positions=0, wall=0.0)
-        for start in range(0, len(order), request.batch_size):
-            chunk = order[start : start + request.batch_size]
+        for chunk in self.batch_plan(examples, request.batch_size):
             width = max(len(ids[i]) for i in chunk)
             pad = tok.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in chunk])

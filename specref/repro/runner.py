@@ -30,6 +30,7 @@ __all__ = [
     "RunReport",
     "Setting",
     "plan_points",
+    "planned_decodes",
     "run_points",
     "predictions_sha",
 ]
@@ -241,12 +242,47 @@ def run_points(
     return report
 
 
-def _run_group(backend, store, info, pts, stored, report, bar, on_row) -> None:
+def _group_order(pts: Sequence[Point]) -> tuple[list[Point], list[Point]]:
+    """A group's points in processing order (target-only, draft-only, then plan order) and its baselines."""
     order = {"target": 0, "draft": 1}
     pts = sorted(pts, key=lambda p: order.get(p.method, 2))  # stable: plan order otherwise
     target_pts = [p for p in pts if p.method == "target"]
     if not target_pts:
         target_pts = [Point("target", None, "", pts[0].setting, pts[0].seed)]
+    return pts, target_pts
+
+
+def planned_decodes(stored: set, info: RunInfo, points: Sequence[Point]) -> list[Point]:
+    """The decodes :func:`run_points` will run, in its order: one representative point per decode.
+
+    ``stored`` holds the row keys already in the store. Used by the data-parallel runner
+    (:mod:`specref.repro.distributed`) to decode the same work on several devices before the rows are written.
+    """
+    groups: dict[tuple, list[Point]] = {}
+    for pt in points:
+        groups.setdefault(pt.group, []).append(pt)
+    out: list[Point] = []
+    for pts in groups.values():
+        if all(row_key(info.key_fields(p)) in stored for p in pts):
+            continue
+        pts, target_pts = _group_order(pts)
+        seen = {target_pts[0].decode_id}
+        out.append(target_pts[0])
+        for pt in pts:
+            if row_key(info.key_fields(pt)) in stored or pt.decode_id in seen:
+                continue
+            seen.add(pt.decode_id)
+            out.append(pt)
+    return out
+
+
+def request_for(point: Point, info: RunInfo) -> DecodeRequest:
+    """The backend request that decodes ``point`` under ``info``."""
+    return _request(point, info)
+
+
+def _run_group(backend, store, info, pts, stored, report, bar, on_row) -> None:
+    pts, target_pts = _group_order(pts)
     cache: dict[tuple, DecodeOutput] = {}
 
     def decode(pt: Point) -> DecodeOutput:

@@ -1,0 +1,405 @@
+"""Static-shape sessions: fixed-capacity KV buffers and slot tables, so a forward can be a CUDA graph.
+
+The dynamic :class:`~specref.decode.adapters.Session` appends to a cache whose length changes every step;
+that is cheap in eager mode but every forward has a new shape, so it can be neither captured as a CUDA graph
+nor compiled once. A :class:`StaticSession` keeps every shape fixed for a whole ``generate`` call:
+
+* physical batch ``B0`` (the prompts' batch): rows that finish stay in the buffers as dead rows (masked,
+  fed a dummy token) instead of leaving them, and the session maps the decoder's live rows to their
+  physical rows;
+* KV buffers ``[B0, H, capacity, D]`` and slot tables ``[B0, capacity]``; a forward of ``n`` tokens writes
+  slots ``[length, length + n)`` through a device index (``index_copy_``), so the write position is data,
+  not shape; attention always spans the whole capacity under a mask that shows each query the live slots
+  of its row up to its own slot;
+* ``length`` is host-side bookkeeping (each forward appends ``n`` slots: no sync needed); trailing junk is
+  cropped, and holes are compacted in place only when the next round would not fit.
+
+Engines (``engine=`` of the decoders): ``static`` runs the step eagerly; ``graph`` captures one CUDA graph
+per block size ``n`` (after two eager warm-up calls) and replays it; ``compile`` wraps the step in
+``torch.compile(dynamic=False)``; ``compile-graph`` captures the compiled step. Graph engines need CUDA:
+on a CPU they run the step eagerly (same results), so the static plumbing is testable anywhere. Buffers
+and graphs are cached per model, batch, capacity and engine, and reused by later ``generate`` calls.
+
+Outputs equal the dynamic session's up to floating-point rounding (attention reduces over the whole
+capacity, where masked slots contribute exact zeros, but kernels may sum in another order); tests check
+that sampled tokens are identical.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from specref.decode.kvcache import SlotTable
+
+__all__ = ["StaticEngine", "StaticSession", "clear_static_engines"]
+
+#: Eager calls of a block size before its CUDA graph is captured (lazy initialisation, cuBLAS workspaces).
+WARMUP_CALLS = 2
+#: Static engines kept per model (each holds KV buffers and graphs); the least recently used is dropped.
+MAX_ENGINES_PER_MODEL = 4
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def clear_static_engines() -> None:
+    """Drop every cached static engine (frees their buffers and graphs)."""
+    _ENGINES.clear()
+
+
+def _round_up(x: int, m: int = 128) -> int:
+    return ((int(x) + m - 1) // m) * m
+
+
+class _Holder:
+    """Shared, mutable state the KV layers read during a forward: the device write index."""
+
+    def __init__(self) -> None:
+        self.widx: Tensor | None = None
+        self.length = 0
+
+
+class StaticKVLayer(DynamicLayer):
+    """Keys/values ``[B0, H, capacity, D]``; ``update`` writes at the holder's device index."""
+
+    is_sliding = False
+    is_compileable = True
+
+    def __init__(self, holder: _Holder, capacity: int) -> None:
+        super().__init__()
+        self.holder = holder
+        self.capacity = capacity
+        self.kbuf: Tensor | None = None
+        self.vbuf: Tensor | None = None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, dk = key_states.shape
+        self.kbuf = key_states.new_zeros((b, h, self.capacity, dk))
+        self.vbuf = value_states.new_zeros((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
+        self.keys, self.values = self.kbuf, self.vbuf
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        idx = self.holder.widx
+        self.kbuf.index_copy_(2, idx, key_states)
+        self.vbuf.index_copy_(2, idx, value_states)
+        return self.kbuf, self.vbuf
+
+    def get_seq_length(self) -> int:
+        return self.holder.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def compact(self, slots: Tensor, length: int) -> None:
+        """In place: slot ``j < new_len`` of row ``b`` takes slot ``slots[b, j]`` (addresses unchanged)."""
+        if not self.is_initialized:
+            return
+        new_len = slots.shape[1]
+        for buf in (self.kbuf, self.vbuf):
+            idx = slots[:, None, :, None].expand(buf.shape[0], buf.shape[1], new_len, buf.shape[-1])
+            gathered = buf[:, :, :length].gather(2, idx)
+            buf[:, :, :new_len] = gathered
+
+
+class StaticKVCache(DynamicCache):
+    """A cache of :class:`StaticKVLayer` s sharing one :class:`_Holder`."""
+
+    def __init__(self, holder: _Holder, capacity: int) -> None:  # noqa: D107
+        Cache.__init__(self, layer_class_to_replicate=partial(StaticKVLayer, holder, capacity))
+        self.holder = holder
+
+    @property
+    def is_compileable(self) -> bool:  # type: ignore[override]
+        return True
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.holder.length
+
+
+class _Graph:
+    """Static inputs, output and (once captured) the CUDA graph of one block size."""
+
+    def __init__(self, b0: int, n: int, device: torch.device) -> None:
+        self.tok = torch.zeros((b0, n), dtype=torch.long, device=device)
+        self.pos = torch.zeros((b0, n), dtype=torch.long, device=device)
+        self.real = torch.ones((b0, n), dtype=torch.bool, device=device)
+        self.widx = torch.arange(n, dtype=torch.long, device=device)
+        self.out: Tensor | None = None
+        self.graph: Any = None
+        self.calls = 0
+
+
+class StaticEngine:
+    """Buffers, step function and graphs of one model at one (batch, capacity, engine)."""
+
+    def __init__(self, adapter: Any, batch: int, capacity: int, engine: str) -> None:
+        dev = adapter.device
+        self.adapter, self.model = adapter, adapter.model
+        self.b0, self.capacity, self.engine = batch, capacity, engine
+        self.cuda = dev.type == "cuda"
+        self.valid = torch.zeros((batch, capacity), dtype=torch.bool, device=dev)
+        self.pos = torch.full((batch, capacity), -1, dtype=torch.long, device=dev)
+        self.kv_index = torch.arange(capacity, dtype=torch.long, device=dev)
+        self.holder = _Holder()
+        self.cache = StaticKVCache(self.holder, capacity)
+        self.graphs: dict[int, _Graph] = {}
+        self.owner: Any = lambda: None  # weak reference to the session using the engine
+        self.live_mask = torch.ones(batch, dtype=torch.bool, device=dev)
+        self.use_graphs = engine in ("graph", "compile-graph") and self.cuda
+        self.graphs_failed: str | None = None
+        self.pool: Any = None
+        self._compiled: Any = None
+        if engine in ("compile", "compile-graph"):
+            try:
+                import torch._dynamo as dynamo
+
+                for name in ("cache_size_limit", "recompile_limit"):
+                    if hasattr(dynamo.config, name):
+                        setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
+            except Exception:  # pragma: no cover - best effort
+                pass
+            self._compiled = torch.compile(self._step, dynamic=False)
+
+    # ---- the step: tables, mask, model --------------------------------------------------------------
+    def _step(self, tok: Tensor, pos: Tensor, real: Tensor, widx: Tensor, last_only: bool = False) -> Tensor:
+        ad = self.adapter
+        self.valid.index_copy_(1, widx, real)
+        self.pos.index_copy_(1, widx, torch.where(real, pos, torch.full_like(pos, -1)))
+        w = widx.unsqueeze(1)  # [n, 1]
+        kv = self.kv_index.unsqueeze(0)  # [1, cap]
+        allowed = (self.valid.unsqueeze(1) & (kv <= w).unsqueeze(0)) | (kv == w).unsqueeze(0)  # [B0, n, cap]
+        allowed = allowed.unsqueeze(1)
+        if ad.eager:
+            dt = ad.dtype
+            mask = torch.zeros(allowed.shape, dtype=dt, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dt).min
+            )
+        else:
+            mask = allowed
+        p = pos if ad.context is None else pos.clamp(max=ad.context - 1)
+        kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True, "return_dict": True}
+        if last_only:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=tok, attention_mask=mask, position_ids=p, **kwargs)
+        return out.logits
+
+    def _phys(self, x: Tensor, live: Tensor | None, fill: Any = 0) -> Tensor:
+        if live is None:
+            return x
+        out = torch.full((self.b0, *x.shape[1:]), fill, dtype=x.dtype, device=x.device)
+        return out.index_copy_(0, live, x)
+
+    def run(self, tokens: Tensor, positions: Tensor, length: int, live: Tensor | None = None,
+            real: Tensor | None = None, *, eager: bool = False, last_only: bool = False) -> Tensor:
+        """Logits ``[B0, n, V]`` of a block written at slots ``[length, length + n)``.
+
+        ``tokens`` / ``positions`` ``[B', n]`` belong to the physical rows ``live`` (None: all rows); dead
+        rows are fed junk. ``real`` ``[B', n]`` marks live slots (None: all). ``eager`` forces the plain
+        step (prefill: its width varies). With graphs the result aliases the graph's static output: read it
+        before the next forward of the same block size.
+        """
+        n = tokens.shape[1]
+        if eager or real is not None or not (self.use_graphs and self.graphs_failed is None):
+            tok, pos = self._phys(tokens, live), self._phys(positions, live)
+            real_p = self.live_mask.unsqueeze(1).expand(self.b0, n)
+            if real is not None:
+                real_p = real_p & self._phys(real, live, False)
+            widx = self.kv_index[length : length + n]
+            self.holder.widx, self.holder.length = widx, length
+            if last_only:
+                return self._step(tok, pos, real_p, widx, True)
+            if eager or self._compiled is None:
+                return self._step(tok, pos, real_p, widx)
+            if not tok.is_inference():  # the prompt's own tensors: one kind of input for the compiled step
+                tok, pos = tok.clone(), pos.clone()
+            return self._compiled(tok, pos, real_p, widx)
+        g = self.graphs.get(n)
+        if g is None:
+            g = self.graphs[n] = _Graph(self.b0, n, self.valid.device)
+            g.real.copy_(self.live_mask.unsqueeze(1).expand_as(g.real))
+        if live is None:
+            g.tok.copy_(tokens)
+            g.pos.copy_(positions)
+        else:
+            g.tok.index_copy_(0, live, tokens)
+            g.pos.index_copy_(0, live, positions)
+        g.widx.copy_(self.kv_index[length : length + n])
+        self.holder.widx, self.holder.length = g.widx, length
+        fn = self._compiled if self._compiled is not None else self._step
+        if g.graph is not None:
+            g.graph.replay()
+            return g.out
+        g.calls += 1
+        if g.calls <= WARMUP_CALLS:  # eager, on the current stream: real steps that also initialise lazily
+            return fn(g.tok, g.pos, g.real, g.widx)
+        try:
+            g.graph = self._capture(fn, g)
+        except Exception as err:  # capture failed: stay eager for this engine, say why once
+            self.graphs_failed = f"{type(err).__name__}: {err}"
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {self.graphs_failed}", stacklevel=3)
+            torch.cuda.synchronize()
+            self.holder.widx = g.widx
+            return fn(g.tok, g.pos, g.real, g.widx)
+        g.graph.replay()
+        return g.out
+
+    def _capture(self, fn: Any, g: _Graph) -> Any:
+        """Capture ``fn`` on ``g``'s static inputs as a CUDA graph (sets ``g.out``); returns the graph."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            g.out = fn(g.tok, g.pos, g.real, g.widx)
+        return graph
+
+    def set_live(self, live_mask: Tensor) -> None:
+        """Dead rows: drop their slots, and make every graph write them as junk from now on."""
+        self.live_mask = live_mask
+        self.valid &= live_mask.unsqueeze(1)
+        self.pos.masked_fill_(~self.valid, -1)
+        for g in self.graphs.values():
+            g.real.copy_(live_mask.unsqueeze(1).expand_as(g.real))
+
+    def compact(self, length: int, new_len: int) -> None:
+        """Right-align every row's live slots into ``[0, new_len)``, in place."""
+        plain = SlotTable.__new__(SlotTable)
+        plain.valid, plain.pos = self.valid[:, :length], self.pos[:, :length]
+        slots = plain.compaction_plan(None, new_len)
+        self.valid[:, :new_len] = plain.valid
+        self.pos[:, :new_len] = plain.pos
+        for layer in self.cache.layers:
+            layer.compact(slots, length)
+
+
+def _engine_for(adapter: Any, batch: int, capacity: int, engine: str, owner: Any) -> StaticEngine:
+    """A cached engine for these shapes that no live session is using (the same model may serve as draft and
+    target in one call: each session gets its own buffers)."""
+    per_model = _ENGINES.setdefault(adapter.model, {})
+    slot = 0
+    while True:
+        key = (batch, capacity, engine, adapter.dtype, slot)
+        eng = per_model.get(key)
+        if eng is None or eng.owner() is None:
+            break
+        slot += 1
+    eng = per_model.pop(key, None)
+    if eng is None:
+        while len(per_model) >= MAX_ENGINES_PER_MODEL:
+            oldest = next((k for k, e in per_model.items() if e.owner() is None), None)
+            if oldest is None:
+                break
+            per_model.pop(oldest)
+        eng = StaticEngine(adapter, batch, capacity, engine)
+    eng.owner = weakref.ref(owner)
+    per_model[key] = eng  # most recently used last
+    return eng
+
+
+class StaticSession:
+    """One model's state for one ``generate`` call on a :class:`StaticEngine` (causal LMs only)."""
+
+    def __init__(self, adapter: Any, batch: int, capacity: int, vocab: int, engine: str, reserve: int = 1) -> None:
+        if adapter.is_seq2seq or adapter.sliding or not adapter.own_mask:
+            raise ValueError(
+                f"engine {engine!r} needs a causal model without sliding-window attention; {adapter.role} is "
+                f"{adapter.model_type!r}: use engine='fast' or 'plain'"
+            )
+        self.adapter = adapter
+        self.vocab = vocab
+        self.reserve = max(int(reserve), 1)
+        cap = _round_up(capacity + self.reserve)
+        self.engine = _engine_for(adapter, batch, cap, engine, self)
+        self.capacity = cap
+        self.length = 0
+        dev = adapter.device
+        self.live = torch.arange(batch, device=dev)
+        self.n_live = batch
+        self.live_mask = torch.ones(batch, dtype=torch.bool, device=dev)
+        self.engine.set_live(self.live_mask)
+        self.forwards = 0
+        self.compactions = 0
+        self.profiler: Any = None
+        self.role = adapter.role
+        self.encoder_outputs = None
+
+    @property
+    def contiguous(self) -> bool:
+        return False
+
+    @property
+    def batch(self) -> int:
+        return self.n_live
+
+    def _phys(self, x: Tensor, fill: Any = 0) -> Tensor:
+        return self.engine._phys(x, None if self.n_live == self.engine.b0 else self.live, fill)
+
+    def forward(self, tokens: Tensor, positions: Tensor, real: Tensor | None = None, *, hidden: bool = False,
+                logits: bool = True) -> Any:
+        from specref.decode.adapters import ForwardOut
+
+        if hidden:
+            raise ValueError("static engines do not return hidden states; use engine='fast' for heads that need them")
+        n = tokens.shape[1]
+        if self.length + n > self.capacity:
+            raise RuntimeError(f"static cache of {self.capacity} slots is full (length {self.length} + {n})")
+        eng = self.engine
+        live = None if self.n_live == eng.b0 else self.live
+        prof = self.profiler
+        if prof is not None:
+            prof.forward_begin(self.role)
+        lg = eng.run(tokens, positions, self.length, live, real, eager=not logits, last_only=not logits)
+        if prof is not None:
+            prof.forward_end(self.role)
+        self.length += n
+        self.forwards += 1
+        lg = lg[..., : self.vocab]
+        if live is not None:
+            lg = lg.index_select(0, live)
+        return ForwardOut(lg, None)
+
+    # ---- rollback and maintenance --------------------------------------------------------------------
+    def keep_last(self, n: int, keep: Tensor) -> None:
+        eng, s, e = self.engine, self.length - n, self.length
+        tail = eng.valid[:, s:e]
+        tail &= self._phys(keep, True)
+        eng.pos[:, s:e].masked_fill_(~tail, -1)
+
+    def truncate(self, lengths: Tensor, rows: Tensor | None = None) -> None:
+        raise NotImplementedError("static engines support the speculative and single-model decoders only")
+
+    def summary(self) -> Tensor:
+        v = self.engine.valid[:, : self.length]
+        if self.n_live < self.engine.b0:
+            v = v.index_select(0, self.live)
+        plain = SlotTable.__new__(SlotTable)
+        plain.valid = v
+        return SlotTable.summary(plain)
+
+    def maintain(self, summary: list[int], rows: Tensor | None = None) -> None:
+        """Rows leaving become dead rows; trailing junk is cropped; holes are compacted only when the next
+        round would not fit (attention spans the whole capacity anyway, so holes cost nothing else)."""
+        max_valid, trail_min, _ = summary
+        if rows is not None:
+            self.live = self.live.index_select(0, rows)
+            self.n_live = int(rows.shape[0])
+            self.live_mask.fill_(False)
+            self.live_mask[self.live] = True
+            self.engine.set_live(self.live_mask)
+        if trail_min > 0:
+            self.length -= min(trail_min, self.length)
+        if self.length + self.reserve > self.capacity and self.length > 0:
+            self.engine.compact(self.length, max_valid)
+            self.length = max_valid
+            self.compactions += 1
+
+    def realign(self) -> None:  # pragma: no cover - static sessions are never contiguous
+        raise NotImplementedError
