@@ -455,3 +455,19 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["reproduce", "--standin", "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
     assert main(["reproduce", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_every_grid_point_builds_a_decoder(full):
+    """Regression: the full SeqCascade grid once ended at alpha = 1, which the decoder rejects."""
+    from specref.decode import make_decoder
+    from specref.decode.testing import tiny_pair
+    from specref.repro.methods import METHODS
+
+    draft, target = tiny_pair("llama")
+    for key, spec in METHODS.items():
+        if spec.needs_head:
+            continue
+        for options in spec.options or ({},):
+            for alpha in spec.grid(full):
+                make_decoder(draft, target, key, alpha=alpha, **options)

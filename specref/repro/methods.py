@@ -106,8 +106,9 @@ METHODS: dict[str, MethodSpec] = {
                    needs_head=True),
         MethodSpec("token_cascade", "TokenCascade [Chow]", "defer iff max q < 1 - alpha",
                    quick=(0.2, 0.5, 0.8), full=_lin(0.0, 1.0, 11), uses_gamma=False),
+        # alpha = 1 would be a threshold of log(0); 0.99 already never defers on the zoo pairs.
         MethodSpec("seq_cascade", "SeqCascade [Chow]", "defer iff mean token prob < 1 - alpha",
-                   quick=(0.2, 0.5, 0.8), full=_lin(0.0, 1.0, 11), uses_gamma=False),
+                   quick=(0.2, 0.5, 0.8), full=(*_lin(0.0, 0.9, 10), 0.99), uses_gamma=False),
         MethodSpec("bild", "BiLD", "fallback iff max q < 1 - alpha",
                    quick=(0.2, 0.5, 0.8), full=_lin(0.0, 1.0, 6),
                    options=({"rollback": 2.0}, {"rollback": 5.0}), uses_gamma=False),
