@@ -17,7 +17,7 @@ from torch import Tensor
 from specref.dists import sample_categorical
 from specref.rules import Rule
 
-__all__ = ["BONUS_MODES", "PAD", "BlockUniforms", "VerifyResult", "verify_block"]
+__all__ = ["BONUS_MODES", "PAD", "BlockUniforms", "VerifyResult", "emitted_tokens", "verify_block"]
 
 #: Filler for emitted-token slots past a row's last emitted token.
 PAD = -1
@@ -89,6 +89,19 @@ def _check_inputs(drafts: Tensor, q: Tensor, p: Tensor, q_rule: Tensor, p_rule: 
         raise ValueError(f"draft token ids must lie in [0, {p.shape[-1]})")
 
 
+def emitted_tokens(
+    drafts: Tensor,  # [B, gamma] drafted tokens
+    accepted: Tensor,  # [B] number of accepted drafts
+    final_tok: Tensor,  # [B] residual or bonus token emitted after them
+) -> Tensor:
+    """The block's emitted tokens ``[B, gamma + 1]``: accepted drafts, the final token, then :data:`PAD`."""
+    b, g = drafts.shape
+    pos = torch.arange(g + 1, device=drafts.device)
+    padded = torch.cat([drafts, drafts.new_full((b, 1), PAD)], dim=1)
+    tokens = torch.where(pos < accepted.unsqueeze(1), padded, drafts.new_full((b, g + 1), PAD))
+    return torch.where(pos == accepted.unsqueeze(1), final_tok.unsqueeze(1), tokens)
+
+
 def verify_block(
     drafts: Tensor,  # [B, gamma] drafted token ids
     q: Tensor,  # [B, gamma + 1, V] draft dists, tempered (gamma positions allowed when bonus='target')
@@ -147,10 +160,7 @@ def verify_block(
     final_u = u_sample.gather(1, accepted.unsqueeze(1)).squeeze(1)
     final_tok = sample_categorical(final_dist, final_u)
 
-    pos = torch.arange(g + 1, device=drafts.device)
-    padded = torch.cat([drafts, drafts.new_full((b, 1), PAD)], dim=1)
-    tokens = torch.where(pos < accepted.unsqueeze(1), padded, drafts.new_full((b, g + 1), PAD))
-    tokens = torch.where(pos == accepted.unsqueeze(1), final_tok.unsqueeze(1), tokens)
+    tokens = emitted_tokens(drafts, accepted, final_tok)
 
     if out.defer.dim() == 3:
         defer_drafted = out.defer[:, :g].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)

@@ -30,7 +30,7 @@ from torch import Tensor
 from specref import genspec
 from specref import rules as rules_mod
 from specref.dists import sample_categorical
-from specref.verify import PAD
+from specref.verify import emitted_tokens
 
 __all__ = ["FusedResult", "fused_kind", "fused_verify"]
 
@@ -135,8 +135,4 @@ def fused_verify(
     final_u = u_sample.gather(1, accepted.unsqueeze(1)).squeeze(1)
     final_tok = sample_categorical(final_dist, final_u)
 
-    pos = torch.arange(g + 1, device=drafts.device)
-    padded = torch.cat([drafts, drafts.new_full((b, 1), PAD)], dim=1)
-    tokens = torch.where(pos < accepted.unsqueeze(1), padded, drafts.new_full((b, g + 1), PAD))
-    tokens = torch.where(pos == accepted.unsqueeze(1), final_tok.unsqueeze(1), tokens)
-    return FusedResult(accepted, tokens, accepted + 1, defer_d, accept_d)
+    return FusedResult(accepted, emitted_tokens(drafts, accepted, final_tok), accepted + 1, defer_d, accept_d)
