@@ -161,3 +161,12 @@ def test_tokenizer_builder_reproduces_shipped_arith_tokenizer(tmp_path):
     folder = build_tokenizers.build("arith-llama", tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (folder / name).read_bytes() == (zoo.pair_dir("arith-llama") / "tokenizer" / name).read_bytes()
+
+
+def test_hub_ids_are_refused_without_any_download():
+    from specref import zoo
+
+    with pytest.raises(FileNotFoundError, match="offline only"):
+        zoo.load_model("some-org/some-model")
+    with pytest.raises(FileNotFoundError, match="offline only"):
+        zoo.load_tokenizer("some-org/some-model")

@@ -145,22 +145,32 @@ def load_tokenizer(name_or_path: str | Path):
     text = str(name_or_path)
     if text in _SPECS:
         text = f"{text}:tokenizer"
-    return AutoTokenizer.from_pretrained(resolve_model(text), local_files_only=_is_local(text))
+    _require_local(text)
+    return AutoTokenizer.from_pretrained(resolve_model(text), local_files_only=True)
 
 
 def _is_local(text: str) -> bool:
     return Path(text).exists() or _split_zoo_name(text) is not None or text in _SPECS
 
 
+def _require_local(text: str) -> None:
+    # specref never fetches weights at run time: a hub id must fail here, clearly, not start a download.
+    if not _is_local(text):
+        raise FileNotFoundError(
+            f"{text!r} is neither a local model folder nor a zoo name ({', '.join(_SPECS)}); "
+            "specref loads models offline only"
+        )
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A seq2seq or causal LM (picked from its config) in eval mode, from a zoo name or a path."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    _require_local(str(name_or_path))
     path = resolve_model(name_or_path)
-    local = _is_local(str(name_or_path))
-    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(path, local_files_only=local, dtype=dtype)
+    model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
     return model.to(device).eval()
 
 
