@@ -224,3 +224,26 @@ def rule_builds(draw, names=ALL_RULES, alpha_strategy=alphas) -> tuple[str, rule
     if name == "ensemble":
         return name, rules.get("ensemble", weight=draw(unit_interval))
     return name, make_rule(name, draw(alpha_strategy))
+
+
+@st.composite
+def verify_blocks(draw, max_vocab: int = 4):
+    """(drafts [B, g], q [B, g+1, V], p [B, g+1, V], q_rule, p_rule, BlockUniforms) with drafts in q's support."""
+    from specref.dists import temper
+    from specref.verify import BlockUniforms
+
+    b, g, v = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(2, max_vocab))
+    shape = (b, g + 1, v)
+    q_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
+    p_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
+    t = draw(st.sampled_from([1.0, 0.5, 0.0]))
+    q, p = temper(q_rule, t), temper(p_rule, t)
+    drafts = torch.empty((b, g), dtype=torch.long)
+    for i in range(b):
+        for j in range(g):
+            support = torch.nonzero(q[i, j] > 0).flatten().tolist()
+            drafts[i, j] = draw(st.sampled_from(support))
+    unif = st.floats(0.0, 1.0, exclude_max=True)
+    u_acc = torch.tensor(draw(st.lists(unif, min_size=b * g, max_size=b * g)), dtype=DTYPE).reshape(b, g)
+    u_smp = torch.tensor(draw(st.lists(unif, min_size=b * (g + 1), max_size=b * (g + 1))), dtype=DTYPE)
+    return drafts, q, p, q_rule, p_rule, BlockUniforms(u_acc, u_smp.reshape(b, g + 1))

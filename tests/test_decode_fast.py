@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import DTYPE, dist_batches, rule_builds
+from strategies import rule_builds, verify_blocks
 
 from specref import rules
 from specref.decode import make_decoder
@@ -27,7 +27,6 @@ from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.kvcache import PreallocSlotTable, SlotTable
 from specref.decode.profile import RoundProfiler
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
-from specref.dists import temper
 from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, keyed_uniform
 from specref.verify import BlockUniforms, verify_block
 
@@ -129,29 +128,11 @@ def test_static_engine_compacts_in_place_and_reuses_its_buffers(monkeypatch):
 # ---- fused rule + verification --------------------------------------------------------------------------
 
 
-@st.composite
-def blocks(draw):
-    b, g, v = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(2, 5))
-    shape = (b, g + 1, v)
-    q_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
-    p_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
-    t = draw(st.sampled_from([1.0, 0.5, 0.0]))
-    q, p = temper(q_rule, t), temper(p_rule, t)
-    drafts = torch.empty((b, g), dtype=torch.long)
-    for i in range(b):
-        for j in range(g):
-            support = torch.nonzero(q[i, j] > 0).flatten().tolist()
-            drafts[i, j] = draw(st.sampled_from(support))
-    unif = st.floats(0.0, 1.0, exclude_max=True)
-    u_acc = torch.tensor(draw(st.lists(unif, min_size=b * g, max_size=b * g)), dtype=DTYPE).reshape(b, g)
-    u_smp = torch.tensor(draw(st.lists(unif, min_size=b * (g + 1), max_size=b * (g + 1))), dtype=DTYPE)
-    return drafts, q, p, q_rule, p_rule, u_acc, u_smp.reshape(b, g + 1)
-
-
 @settings(max_examples=150)
-@given(blocks(), rule_builds(), st.sampled_from(["pi", "target"]))
+@given(verify_blocks(max_vocab=5), rule_builds(), st.sampled_from(["pi", "target"]))
 def test_fused_verify_matches_verify_block(block, name_rule, bonus):
-    drafts, q, p, q_rule, p_rule, u_acc, u_smp = block
+    drafts, q, p, q_rule, p_rule, u = block
+    u_acc, u_smp = u.accept, u.sample
     _, rule = name_rule
     if fused_kind(rule) is None:
         return

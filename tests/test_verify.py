@@ -5,31 +5,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import DTYPE, dist_batches, rule_builds
+from strategies import DTYPE, rule_builds, verify_blocks
 
 from specref import rules
-from specref.dists import sample_categorical, temper
+from specref.dists import sample_categorical
 from specref.verify import PAD, BlockUniforms, verify_block
-
-
-@st.composite
-def blocks(draw):
-    """(drafts [B, g], q [B, g+1, V], p [B, g+1, V], q_rule, p_rule, uniforms) with drafts in q's support."""
-    b, g, v = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
-    shape = (b, g + 1, v)
-    q_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
-    p_rule = draw(dist_batches(v, b * (g + 1))).reshape(shape)
-    t = draw(st.sampled_from([1.0, 0.5, 0.0]))
-    q, p = temper(q_rule, t), temper(p_rule, t)
-    drafts = torch.empty((b, g), dtype=torch.long)
-    for i in range(b):
-        for j in range(g):
-            support = torch.nonzero(q[i, j] > 0).flatten().tolist()
-            drafts[i, j] = draw(st.sampled_from(support))
-    unif = st.floats(0.0, 1.0, exclude_max=True)
-    u_acc = torch.tensor(draw(st.lists(unif, min_size=b * g, max_size=b * g)), dtype=DTYPE).reshape(b, g)
-    u_smp = torch.tensor(draw(st.lists(unif, min_size=b * (g + 1), max_size=b * (g + 1))), dtype=DTYPE)
-    return drafts, q, p, q_rule, p_rule, BlockUniforms(u_acc, u_smp.reshape(b, g + 1))
 
 
 def _reference(drafts, q, p, q_rule, p_rule, rule, uniforms, bonus):
@@ -55,7 +35,7 @@ def _reference(drafts, q, p, q_rule, p_rule, rule, uniforms, bonus):
     return torch.tensor(accepted), torch.tensor(tokens)
 
 
-@given(blocks(), rule_builds(), st.sampled_from(["pi", "target"]))
+@given(verify_blocks(), rule_builds(), st.sampled_from(["pi", "target"]))
 def test_batched_verifier_equals_the_reference_loop(block, name_rule, bonus):
     drafts, q, p, q_rule, p_rule, u = block
     _, rule = name_rule
@@ -82,7 +62,7 @@ def test_batched_verifier_equals_the_reference_loop(block, name_rule, bonus):
         assert res.tokens[i, k] != PAD and torch.all(res.tokens[i, k + 1 :] == PAD)
 
 
-@given(blocks(), rule_builds())
+@given(verify_blocks(), rule_builds())
 def test_rows_are_independent_of_the_batch(block, name_rule):
     """A row's outcome depends only on its own inputs and uniforms: alone, or with rows permuted."""
     drafts, q, p, q_rule, p_rule, u = block
