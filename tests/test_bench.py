@@ -75,3 +75,47 @@ def test_cli_exposes_the_suite(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--smoke" in out and "--engines" in out and "--budget-s" in out
+
+
+def test_same_engine_ratio_pairs_each_engine_with_its_own_target_only():
+    suite = _suite()
+    dec = {
+        "specref/graph/target/b1": {"tokens_per_s": 100.0},
+        "specref/graph/specdecode/b1": {"tokens_per_s": 150.0},
+        "specref/compile-graph/target/b1": {"tokens_per_s": 160.0},  # no speculative row of its own
+        "specref/fast/target/b1": {"tokens_per_s": 20.0},
+        "specref/fast/specdecode/b1": {"tokens_per_s": 50.0},
+    }
+    t = suite.summarize({"decode": dec}, [1])
+    # strict: best speculative (150) over best target-only of any engine (160)
+    assert t["specdecode_vs_target_only_b1"]["ratio"] == pytest.approx(150 / 160)
+    assert t["specdecode_vs_target_only_b1"]["met"] is False
+    # same engine: fast 2.5x beats graph 1.5x; compile-graph has no pair and is ignored
+    assert t["specdecode_vs_target_only_same_engine_b1"] == {"ratio": pytest.approx(2.5), "engine": "fast"}
+
+
+def test_render_rewrites_the_report_from_a_finished_run(smoke, tmp_path):
+    R, md = smoke
+    path = tmp_path / "run.json"
+    R = dict(R)
+    R.pop("targets")
+    path.write_text(json.dumps(R))
+    assert _suite().main(["--render", str(path)]) == 0
+    again = json.loads(path.read_text())
+    assert again["targets"] and again["decode"] == R["decode"] and again["total_seconds"] == R["total_seconds"]
+    assert (tmp_path / "run.md").read_text() == md  # the same report as the run wrote itself
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(SystemExit, match="not a bench"):
+        _suite().main(["--render", str(tmp_path / "bad.json")])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*.md")))
+def test_committed_gpu_reports_match_their_measurements(name, tmp_path):
+    """A committed GPU report is exactly what its own JSON renders to (no hand-edited or stale numbers)."""
+    src = REPO / "bench" / "results" / f"{name}.json"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text(src.read_text())
+    assert _suite().main(["--render", str(copy)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
+    R = json.loads(src.read_text())
+    assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
