@@ -18,6 +18,7 @@ MODEL_DEFAULTS = {
     "min_lr_frac": 0.05,  # cosine decays to this fraction of the peak
     "betas": [0.9, 0.98],
     "grad_clip": 1.0,
+    "label_smoothing": 0.0,  # training loss only; validation and the cards report plain cross-entropy
     "val_every_frac": 0.1,  # validation loss checks; the best checkpoint is kept
 }
 PAIR_DEFAULTS = {

@@ -29,6 +29,29 @@ def lr_factor(progress: float, warmup_frac: float, min_lr_frac: float) -> float:
     return min_lr_frac + (1.0 - min_lr_frac) * cosine
 
 
+def training_loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The model's token cross-entropy, optionally label-smoothed (training only: validation stays plain NLL).
+
+    ``batch`` holds ``labels`` ``[B, T]`` with -100 on ignored positions; causal models predict ``labels[t+1]``
+    from position t (HF's convention), seq2seq models ``labels[t]`` at decoder position t.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing == 0.0:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
+    if model.config.is_encoder_decoder:
+        # T5 builds its decoder inputs from the labels when none are given
+        inputs.setdefault("decoder_input_ids", model.prepare_decoder_input_ids_from_labels(labels=labels))
+        logits = model(**inputs).logits  # [B, T, V]
+    else:
+        logits = model(**inputs).logits[:, :-1]  # [B, T - 1, V]
+        labels = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                             label_smoothing=label_smoothing)
+
+
 class ZooModule(pl.LightningModule):
     """Trains ``model`` on its own HF loss; ``budget_s`` or ``max_steps`` defines training progress."""
 
@@ -77,7 +100,7 @@ class ZooModule(pl.LightningModule):
             group["lr"] = self.spec["lr"] * factor
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = training_loss(self.model, batch, self.spec.get("label_smoothing", 0.0))
         value = float(loss.detach())  # one sync per step: negligible at these sizes
         if not math.isfinite(value):
             self.skipped_steps += 1

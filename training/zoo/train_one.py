@@ -73,7 +73,8 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     if eval_limit is not None:
         cfg["eval"]["limit"] = eval_limit
     spec = cfg["models"][role]
-    seed = cfg["seed"] + (0 if role == "target" else 1)
+    # a model entry may pin its own seed (e.g. to re-create a model first trained under the other role)
+    seed = int(spec.get("seed", cfg["seed"] + (0 if role == "target" else 1)))
     random.seed(seed)
     torch.manual_seed(seed)
     folder = out / pair / (f"{role}-{tag}" if tag else role)
@@ -148,7 +149,8 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     log = {
         "pair": pair, "role": role, "params": params, "arch": spec["arch"],
         "optim": {k: spec[k] for k in ("batch_size", "lr", "weight_decay", "warmup_frac", "min_lr_frac",
-                                       "betas", "grad_clip")},
+                                       "betas", "grad_clip", "label_smoothing")},
+        "seed": seed,
         "steps": int(trainer.global_step), "examples_seen": int(trainer.global_step) * spec["batch_size"],
         "train_rows": n_train if n_train is not None else "stream of generated problems",
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(eval_wall, 1),
