@@ -14,7 +14,7 @@ leaves its numbers):
    clipping, steps with a non-finite loss or gradient skipped (and the learning rate halved), weights
    checked finite at the end. Acceptance rates are therefore real, not an accident of random weights.
 3. **Decoding**, temperature 1, no EOS (every row generates ``--max-new-tokens``), held-out prompts of
-   48-96 tokens, at batch sizes 1, 8 and 32 (batch 1 = ``--requests`` prompts one after the other):
+   48-96 tokens, at batch sizes 1, 8, 16 and 32 (batch 1 = ``--requests`` prompts one after the other):
    specref's decoder with target-only, SpecDecode, SpecCascade [token_v3] (and ``learned`` when ``--head``
    is given) for each engine in ``--engines`` (``plain`` reference, ``fast``, ``graph`` = CUDA graphs of the
    model forwards, ``compile-graph`` = torch.compile + CUDA graphs, tried at batch 1 only and last), and
@@ -787,11 +787,12 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, default=0.3, help="token_v3 lenience")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=None)
-    ap.add_argument("--batch-sizes", default=None, help="default 1,8,32 (smoke 1,2,4)")
+    ap.add_argument("--batch-sizes", default=None, help="default 1,8,16,32 (smoke 1,2,4)")
     ap.add_argument("--requests", type=int, default=None, help="prompts decoded one after the other at batch 1")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (best kept)")
     ap.add_argument("--engines", default=None,
-                    help="specref engines, in priority order (default fast,graph,plain,compile-graph; smoke "
+                    help="specref engines, in priority order (default on a GPU graph,compile-graph: the eager engines "
+                         "take minutes at batch 1, add fast,plain to compare them; on a CPU fast,plain; smoke "
                          "fast,graph,plain: graph runs eagerly on a CPU)")
     ap.add_argument("--methods", default="target,specdecode,token_v3")
     ap.add_argument("--head", default=None, help="a trained deferral head: adds the learned rule")
@@ -806,7 +807,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--dp-batch", type=int, default=8)
     ap.add_argument("--dp-new-tokens", type=int, default=64)
     ap.add_argument("--dp-timeout", type=float, default=240)
-    ap.add_argument("--compile-reserve-s", type=float, default=120,
+    ap.add_argument("--compile-reserve-s", type=float, default=60,
                     help="start a torch.compile configuration only with this much budget left")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render", default=None, metavar="JSON",
@@ -849,8 +850,10 @@ def run(args: argparse.Namespace) -> int:
     defaults = {"max_new_tokens": 8 if smoke else 128, "requests": 2 if smoke else 4,
                 "target_seconds": 3 if smoke else 90, "draft_seconds": 2 if smoke else 45,
                 "corpus_mb": 0.4 if smoke else 30, "vocab": 384 if smoke else 8192,
-                "budget_s": 45 if smoke else 480, "batch_sizes": "1,2,4" if smoke else "1,8,32",
-                "engines": "fast,graph,plain" if smoke else "fast,graph,plain,compile-graph"}
+                "budget_s": 45 if smoke else 480, "batch_sizes": "1,2,4" if smoke else "1,8,16,32",
+                # measured on H100 / H200: the eager engines need ~15 ms of host time per 24-layer forward, so
+                # timing them at batch 1 ate most of a 480 s budget; graphs are 5-8x faster
+                "engines": "fast,graph,plain" if smoke else ("graph,compile-graph" if cuda else "fast,plain")}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
