@@ -144,3 +144,57 @@ def test_finalize_bars_logic():
 def test_finalize_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_all"):
         finalize.finalize(tmp_path, tmp_path / "zoo")
+
+
+def test_variants_train_score_assemble_finalize(tmp_path, capsys):
+    """The experiment loop on CPU: two target variants and one draft variant of a T5 pair, scored, then the
+    chosen pair assembled (acceptance measured here) and finalized into a scratch zoo."""
+    from training.zoo import variants
+
+    pair, out = "bible-en-es-t5", tmp_path / "out"
+    common = ["--pair", pair, "--out", str(out), "--max-steps", "2", "--smoke", "--inprocess", "--devices", "cpu",
+              "--work", str(tmp_path / "work")]
+    assert variants.main(["train", "--role", "target", "--variant", "a", "--variant", "ls", "label_smoothing=0.1",
+                          "models.target.lr=2e-3", *common]) == 0
+    assert variants.main(["train", "--role", "draft", "--variant", "base", *common]) == 0
+    tars = sorted(out.glob("*.tar"))
+    assert [t.name for t in tars] == ["draft-base.tar", "target-a.tar", "target-ls.tar"]
+    logged = json.loads((tmp_path / "work" / pair / "target-ls" / "log.json").read_text())
+    assert logged["optim"]["label_smoothing"] == 0.1 and logged["optim"]["lr"] == 2e-3
+
+    capsys.readouterr()
+    assert variants.main(["score", "--pair", pair, *map(str, tars), "--json", str(tmp_path / "s.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| target-ls |" in table and "bleu greedy" in table
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert [r["variant"] for r in rows] == ["draft-base", "target-a", "target-ls"]
+    assert all(0 <= r["greedy"]["loop_rate"] <= 1 and r["n"] > 0 for r in rows)
+
+    assembled = tmp_path / "pair"
+    assert variants.main(["assemble", "--pair", pair, "--target", str(out / "target-ls.tar"),
+                          "--draft", str(out / "draft-base.tar"), "--out", str(assembled)]) == 0
+    zoo_dir = tmp_path / "zoo"
+    assert finalize.main(["--from", str(assembled), "--into", str(zoo_dir), "--pairs", pair]) == 1  # untrained
+    card = json.loads((zoo_dir / pair / "card.json").read_text())
+    assert card["models"]["target"]["optim"]["label_smoothing"] == 0.1
+    assert 0 <= card["acceptance"]["acceptance"] <= 1 and card["training_run"]["minutes"] == {"draft": None,
+                                                                                              "target": None}
+    assert "budget unknown" in (zoo_dir / pair / "MODEL_CARD.md").read_text()
+
+
+def test_variants_refuse_bad_input(tmp_path):
+    from training.zoo import variants
+
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        variants.parse_variants([["a", "lr"]], "target")
+    with pytest.raises(ValueError, match="twice"):
+        variants.parse_variants([["a"], ["a"]], "target")
+    with pytest.raises(ValueError, match="starts with its name"):
+        variants.parse_variants([["lr=1"]], "target")
+    assert variants.parse_variants([["a", "lr=1e-3", "models.draft.lr=2"]], "target") == {
+        "a": ["models.target.lr=1e-3", "models.draft.lr=2"]}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a trained variant"):
+        variants.open_variant(tmp_path / "empty", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        variants.open_variant(tmp_path / "nope.tar", tmp_path)

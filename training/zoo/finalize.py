@@ -133,6 +133,13 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _budget(minutes) -> str:
+    """One budget for both models (``train_all``), or one per model (a pair assembled by ``variants``)."""
+    if isinstance(minutes, dict):
+        return ", ".join(f"{role} {m:g} min" for role, m in minutes.items() if m is not None) or "unknown"
+    return f"{minutes} min per model"
+
+
 def model_card_markdown(card: dict) -> str:
     q, bars, metric = card["quality"], card["bars"], card["quality"]["metric"]
     lines = [
@@ -141,8 +148,8 @@ def model_card_markdown(card: dict) -> str:
         f"({card['data']['license']}; see {card['data']['details']})",
         f"- tokenizer: {card['tokenizer']['type']}, {card['tokenizer']['vocab_size']} tokens, trained on "
         f"{card['tokenizer']['trained_on']}",
-        f"- training run: GPUs {card['training_run'].get('gpus')}, budget {card['training_run'].get('minutes')} "
-        f"min per model, total wall {card['training_run'].get('wall_s')} s",
+        f"- training run: GPUs {card['training_run'].get('gpus')}, budget "
+        f"{_budget(card['training_run'].get('minutes'))}, total wall {card['training_run'].get('wall_s')} s",
         "", "| model | params | fp16 MB | steps | train wall s | best val loss | device |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from specref.zoo import ROLES, ZOO_DIR, list_pairs
 
@@ -48,34 +49,43 @@ def _child_command(pair: str, role: str, args: argparse.Namespace, work: Path) -
     return cmd
 
 
+def launch(cmd: list[str], device: str, log_path: Path) -> tuple[subprocess.Popen, Any]:
+    """Start a ``train_one`` command on ``device`` (a GPU index: it sees only that GPU, or ``cpu``)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if device == "cpu":
+        cmd = [*cmd, "--device", "cpu"]
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = device
+        cmd = [*cmd, "--device", "cuda:0"]
+    handle = log_path.open("w")
+    return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), handle
+
+
+def wait_all(procs: list[tuple[str, subprocess.Popen, Any, Path]]) -> list[str]:
+    """Wait for ``(name, process, log handle, log path)`` items; returns the failed names (log tails printed)."""
+    failed = []
+    for name, proc, handle, log_path in procs:
+        code = proc.wait()
+        handle.close()
+        if code != 0:
+            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
+            print(f"FAILED {name} (exit {code}); last lines of {log_path}:\n{tail}", flush=True)
+            failed.append(name)
+        else:
+            print(f"finished {name}", flush=True)
+    return failed
+
+
 def train_spawned(jobs, args, work: Path) -> list[str]:
     """Run every job in its own process; returns the names of the failed ones."""
     procs = []
     for pair, role, device in jobs:
         log_path = work / pair / role / "train.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        cmd = _child_command(pair, role, args, work)
-        if device == "cpu":
-            cmd += ["--device", "cpu"]
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = device
-            cmd += ["--device", "cuda:0"]
-        handle = log_path.open("w")
-        procs.append((pair, role, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env),
-                      handle, log_path))
+        proc, handle = launch(_child_command(pair, role, args, work), device, log_path)
+        procs.append((f"{pair}/{role}", proc, handle, log_path))
         print(f"started {pair}/{role} on {device} (log: {log_path})", flush=True)
-    failed = []
-    for pair, role, proc, handle, log_path in procs:
-        code = proc.wait()
-        handle.close()
-        if code != 0:
-            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-            print(f"FAILED {pair}/{role} (exit {code}); last lines of {log_path}:\n{tail}", flush=True)
-            failed.append(f"{pair}/{role}")
-        else:
-            print(f"finished {pair}/{role}", flush=True)
-    return failed
+    return wait_all(procs)
 
 
 def train_inprocess(jobs, args, work: Path) -> list[str]:
