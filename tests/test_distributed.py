@@ -141,3 +141,23 @@ def test_request_key_distinguishes_requests(field):
                       options={"bonus": "target"} if field == "options" else {"bonus": "pi"})
     assert request_key(a) != request_key(b)
     assert request_key(a) == request_key(DecodeRequest("token_v3", alpha=0.5, options={"bonus": "pi"}))
+
+
+def test_reproduce_procs_flag_relaunches_through_torchrun(tmp_path, capsys):
+    """`specref reproduce --procs 2` gives the rows of a one-process run (wall-clock columns aside)."""
+    from specref.cli import main
+    from specref.cli.reproduce import _without_procs
+
+    assert _without_procs(["reproduce", "--procs", "2", "--standin", "--procs=3", "--out", "x"]) == [
+        "--standin", "--out", "x"]
+    assert main(["reproduce", *ARGS, "--out", str(tmp_path / "one")]) == 0
+    assert main(["reproduce", "--procs", "2", *ARGS, "--out", str(tmp_path / "two")]) == 0
+    folder = next(p.name for p in (tmp_path / "one").iterdir() if (p / "points.csv").is_file())
+    rows_1 = PointStore(tmp_path / "one" / folder / "points.csv").read()
+    rows_2 = PointStore(tmp_path / "two" / folder / "points.csv").read()
+    assert len(rows_1) == len(rows_2) == 10
+    for a, b in zip(rows_2, rows_1):
+        assert all(_same(a[c], b[c]) for c in STABLE)
+    capsys.readouterr()
+    assert main(["reproduce", "--procs", "0", *ARGS, "--out", str(tmp_path / "bad")]) == 2
+    assert "--procs must be >= 1" in capsys.readouterr().err

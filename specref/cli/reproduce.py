@@ -93,7 +93,44 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("reproduce", help=DESCRIPTION, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
+    p.add_argument("--procs", type=int, default=1, metavar="N",
+                   help="run the sweep data-parallel in N processes through torchrun (one per GPU with --device "
+                        "cuda; gloo processes on a CPU); rows and summaries equal a one-process run's except "
+                        "wall-clock columns. Same as `torchrun --nproc_per_node N -m specref.repro.distributed`")
     p.set_defaults(func=run)
+
+
+def _without_procs(argv: list[str]) -> list[str]:
+    """The options after ``reproduce`` with ``--procs N`` / ``--procs=N`` removed."""
+    rest = argv[argv.index("reproduce") + 1:] if "reproduce" in argv else list(argv)
+    out, skip = [], False
+    for tok in rest:
+        if skip:
+            skip = False
+        elif tok == "--procs":
+            skip = True
+        elif not tok.startswith("--procs="):
+            out.append(tok)
+    return out
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    import subprocess
+
+    n = args.procs
+    if args.device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        if ":" in args.device:
+            raise ValueError("--procs with --device cuda gives each process its own GPU: use --device cuda, "
+                             f"not {args.device}")
+        if have < n:
+            raise ValueError(f"--procs {n} needs {n} GPUs, {have} visible")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+           "-m", "specref.repro.distributed", *_without_procs(getattr(args, "argv", []))]
+    print(f"specref reproduce: {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
+    return subprocess.run(cmd).returncode
 
 
 def _setups(args: argparse.Namespace) -> list[Any]:
@@ -174,6 +211,10 @@ def _load_head(path: str | None) -> Any:
 def run(args: argparse.Namespace) -> int:
     from specref.repro.reproduce import reproduce
 
+    if getattr(args, "procs", 1) < 1:
+        raise ValueError(f"--procs must be >= 1, got {args.procs}")
+    if getattr(args, "procs", 1) > 1:
+        return _relaunch(args)
     t0 = time.perf_counter()
     cfg = _config(args)
     if args.threads is not None and args.threads < 1:
