@@ -136,3 +136,28 @@ def test_slot_table_compaction_right_aligns_live_slots():
     assert t.valid.tolist() == [[False, False, True, True], [False, False, True, True]]
     assert t.pos.tolist() == [[-1, -1, 0, 1], [-1, -1, 0, 1]]
     assert slots[:, 2:].tolist() == [[3, 4], [1, 2]]
+
+
+def test_cache_argument_name_follows_the_installed_transformers():
+    """transformers renamed the forward's ``past_key_values`` to ``cache``; the adapter passes whichever the
+    model's forward takes (the old name warns in recent releases and is removed in 5.40)."""
+    import warnings
+
+    from specref.decode import make_decoder
+    from specref.decode.adapters import _cache_kwarg
+    from specref.decode.testing import toy_pair
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    assert _cache_kwarg(New()) == "cache" and _cache_kwarg(Old()) == "past_key_values"
+    for family in ("llama", "t5"):
+        draft, target = toy_pair(family)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_decoder(draft, target, "specdecode", gamma=2).generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4,
+                                                                       seed=0)
+        assert not [w for w in caught if "past_key_values" in str(w.message)], family

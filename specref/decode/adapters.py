@@ -80,6 +80,17 @@ def _context_length(config: Any) -> int | None:
     return None
 
 
+def _cache_kwarg(model: Any) -> str:
+    """The forward's name for the KV cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins / exotic wrappers
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
 class ModelAdapter:
     """A supported Hugging Face model and the facts the decoder needs about it.
 
@@ -141,6 +152,8 @@ class ModelAdapter:
         if self.is_seq2seq and self.decoder_start_token_id is None:
             raise ValueError(f"{role} seq2seq model has no decoder_start_token_id in its config")
         self.hidden_size = int(getattr(config, "d_model", None) or getattr(config, "hidden_size", 0) or 0)
+        # transformers renamed ``past_key_values`` to ``cache`` (the old name warns from 5.2x and goes in 5.40)
+        self.cache_kwarg = _cache_kwarg(model)
 
     def __repr__(self) -> str:
         kind = "seq2seq" if self.is_seq2seq else "causal"
@@ -246,7 +259,7 @@ class Session:
                 real = torch.ones_like(tokens, dtype=torch.bool)
             mask = self._mask(real) if ad.own_mask else torch.cat([self.table.valid, real], dim=1).long()
             appended = False
-        kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True, "return_dict": True}
+        kwargs: dict[str, Any] = {ad.cache_kwarg: self.cache, "use_cache": True, "return_dict": True}
         if hidden:
             kwargs["output_hidden_states"] = True
         if ad.is_seq2seq:

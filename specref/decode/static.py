@@ -186,7 +186,7 @@ class StaticEngine:
         else:
             mask = allowed
         p = pos if ad.context is None else pos.clamp(max=ad.context - 1)
-        kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True, "return_dict": True}
+        kwargs: dict[str, Any] = {ad.cache_kwarg: self.cache, "use_cache": True, "return_dict": True}
         if last_only:
             kwargs["logits_to_keep"] = 1
         out = self.model(input_ids=tok, attention_mask=mask, position_ids=p, **kwargs)
