@@ -695,14 +695,18 @@ def markdown(R: dict[str, Any], batch_sizes: list[int]) -> str:
     prof = R.get("profile", {})
     if prof:
         lines += ["", "## Round time outside the model forwards", "",
-                  "| engine / method / batch | rounds | us per round | outside us per round | outside share |",
-                  "|---|---|---|---|---|"]
+                  "| engine / method / batch | rounds | us per round | outside us per round | outside share | "
+                  "draft ms / forward | target ms / forward |",
+                  "|---|---|---|---|---|---|---|"]
         for k, v in prof.items():
             if "outside_share" in v:
+                per = {role: 1000 * r["seconds"] / r["calls"] if r.get("calls") else float("nan")
+                       for role, r in v.get("per_role", {}).items()}
                 lines.append(f"| {k} | {v['rounds']} | {v['round_us']:.0f} | {v['outside_us_per_round']:.0f} | "
-                             f"{100 * v['outside_share']:.1f}% |")
+                             f"{100 * v['outside_share']:.1f}% | {per.get('draft', float('nan')):.3f} | "
+                             f"{per.get('target', float('nan')):.3f} |")
             else:
-                lines.append(f"| {k} | error: {v.get('error', '?')[:80]} | | | |")
+                lines.append(f"| {k} | error: {v.get('error', '?')[:80]} | | | | | |")
     bwr = R.get("bandwidth_1b", {})
     if bwr:
         lines += ["", f"## Target forward vs the bandwidth floor (random-init {bwr.get('params', 0) / 1e9:.2f}B Llama, "
@@ -807,6 +811,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--dp-batch", type=int, default=8)
     ap.add_argument("--dp-new-tokens", type=int, default=64)
     ap.add_argument("--dp-timeout", type=float, default=240)
+    ap.add_argument("--eager-profile", choices=("auto", "on", "off"), default="auto",
+                    help="also profile the plain and fast engines' SpecDecode rounds at batch 1 on one request "
+                         "(auto = on a GPU)")
     ap.add_argument("--compile-reserve-s", type=float, default=60,
                     help="start a torch.compile configuration only with this much budget left")
     ap.add_argument("--seed", type=int, default=0)
@@ -1025,6 +1032,25 @@ def run(args: argparse.Namespace) -> int:
                 except Exception as err:  # noqa: BLE001
                     R["profile"][key] = {"error": f"{type(err).__name__}: {err}"}
                     log(f"profile {key}: ERROR {err}")
+    # the eager engines' rounds, one request each (seconds): on the first H100 run `fast` SpecDecode was half
+    # as fast as `plain`, although both launch the same kernels inside their forwards; per-role forward times
+    # of both, side by side in one run, say where that time goes
+    if args.eager_profile == "on" or (args.eager_profile == "auto" and cuda):
+        one = argparse.Namespace(**{**vars(args), "requests": 1})
+        for eng in ("plain", "fast"):
+            key = f"{eng}/specdecode/b1"
+            if key in R["profile"] or "specdecode" not in methods:
+                continue
+            if over(0.8):
+                R["skipped"].append(f"profile {key} (budget)")
+                continue
+            try:
+                R["profile"][key] = run_ours(decoder("specdecode", eng), prompts, 1, one, device,
+                                             profile=True)["profile"]
+                log(f"profile {key}: {R['profile'][key]['round_us']:.0f} us/round")
+            except Exception as err:  # noqa: BLE001
+                R["profile"][key] = {"error": f"{type(err).__name__}: {err}"}
+                log(f"profile {key}: ERROR {err}")
     write(R)
 
     # 5. bandwidth floor of a 1B-class target forward at batch 1

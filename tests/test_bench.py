@@ -30,7 +30,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "smoke"
     suite = _suite()
     rc = suite.main(["--smoke", "--out", str(out), "--budget-s", "1000", "--dp", "on", "--dp-examples", "6",
-                     "--dp-batch", "2", "--dp-new-tokens", "4"])
+                     "--dp-batch", "2", "--dp-new-tokens", "4", "--eager-profile", "on"])
     assert rc == 0
     return json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".md").read_text()
 
@@ -56,6 +56,8 @@ def test_smoke_run_measures_every_section(smoke):
     assert len({dec[f"specref/{e}/specdecode/b4"]["tokens"] for e in ("fast", "graph", "plain")}) == 1
     for key, p in R["profile"].items():
         assert 0 < p["outside_share"] < 1, key
+    assert "plain/specdecode/b1" in R["profile"]  # the eager-engine diagnosis (one request)
+    assert R["profile"]["plain/specdecode/b1"]["per_role"]["target"]["calls"] > 0
     bw = R["bandwidth_1b"]
     assert bw["floor_ms"] > 0 and all(v["x_floor"] > 0 for v in bw["engines"].values())
     dp = R["dp"]
