@@ -486,26 +486,8 @@ class SpecCascadeDecoder(BaseDecoder):
             if prof is not None:
                 prof.round_begin()
             # 1. draft gamma + 1 steps
-            bad = torch.zeros((), dtype=torch.bool, device=dev)
-            tok = pend.unsqueeze(1)
-            q_list, qr_list, d_list, dh_list = [], [], [], []
             u_draft = ctx.uniform(seeds, gen.unsqueeze(1) + ar_g, STREAM_DRAFT)
-            for i in range(g + 1):
-                fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=self.wants_hidden)
-                lg = fo.logits[:, -1]
-                bad = bad | _nonfinite(lg)
-                qr, q = ctx.probs(lg)
-                q_list.append(q)
-                qr_list.append(qr)
-                if fo.hidden is not None:
-                    dh_list.append(fo.hidden[:, -1])
-                if i < g:
-                    d = sample_categorical(q, u_draft[:, i])
-                    d_list.append(d)
-                    tok = d.unsqueeze(1)
-            ctx.draft_forwards += g + 1
-            drafts = torch.stack(d_list, dim=1)
-            q, q_rule = torch.stack(q_list, dim=1), torch.stack(qr_list, dim=1)
+            drafts, q, q_rule, d_hidden, bad = self._draft_block(draft, ctx, pend, pos, u_draft, check=True)
             # 2. one target call on the pending token and the drafts
             fo_t = target.forward(
                 torch.cat([pend.unsqueeze(1), drafts], dim=1), pos.unsqueeze(1) + ar_g1, hidden=self.wants_hidden
@@ -516,7 +498,7 @@ class SpecCascadeDecoder(BaseDecoder):
             # 3. rule + verification with keyed uniforms
             features = None
             if self.wants_hidden:
-                features = {"draft_hidden": torch.stack(dh_list, dim=1), "target_hidden": fo_t.hidden}
+                features = {"draft_hidden": d_hidden, "target_hidden": fo_t.hidden}
             uniforms = BlockUniforms(
                 accept=ctx.uniform(seeds, gen.unsqueeze(1) + ar_g, STREAM_ACCEPT),
                 sample=ctx.uniform(seeds, gen.unsqueeze(1) + ar_g1, STREAM_SAMPLE),
@@ -582,6 +564,46 @@ class SpecCascadeDecoder(BaseDecoder):
             if prof is not None:
                 prof.round_end()
 
+    def _draft_block(
+        self,
+        draft: Any,
+        ctx: _Ctx,
+        pend: Tensor,  # [B] the pending token (last emitted, not yet in the draft's cache)
+        pos: Tensor,  # [B] its position
+        u_draft: Tensor,  # [B, >= gamma] uniforms of the draft samples
+        check: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Draft ``gamma`` tokens with ``gamma + 1`` forwards (the last one gives q at the bonus position).
+
+        Returns ``drafts`` ``[B, gamma]``, tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the
+        same tensor when sampling does not change the distribution), the draft's last hidden states
+        ``[B, gamma + 1, H]`` when the rule reads them, and, with ``check``, a 0-dim bool "some logits were
+        non-finite" (the reference loop checks every forward; the fast loop checks once per round).
+        """
+        g = self.gamma
+        tok = pend.unsqueeze(1)
+        q_list, qr_list, d_list, dh_list = [], [], [], []
+        bad = None
+        for i in range(g + 1):
+            fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=self.wants_hidden)
+            lg = fo.logits[:, -1]
+            if check:
+                bad = _nonfinite(lg) if bad is None else bad | _nonfinite(lg)
+            qr, q = ctx.probs(lg)
+            q_list.append(q)
+            qr_list.append(qr)
+            if fo.hidden is not None:
+                dh_list.append(fo.hidden[:, -1])
+            if i < g:
+                d = sample_categorical(q, u_draft[:, i])
+                d_list.append(d)
+                tok = d.unsqueeze(1)
+        ctx.draft_forwards += g + 1
+        q_rule = torch.stack(qr_list, dim=1)
+        q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
+        d_hidden = torch.stack(dh_list, dim=1) if dh_list else None
+        return torch.stack(d_list, dim=1), q, q_rule, d_hidden, bad
+
     def _run_fast(self, ctx: _Ctx) -> None:
         """The round loop of the ``fast`` and static engines: same draws, same outputs, less work per round.
 
@@ -625,26 +647,9 @@ class SpecCascadeDecoder(BaseDecoder):
         while True:
             if prof is not None:
                 prof.round_begin()
-            # 1. draft gamma + 1 steps
-            tok = pend.unsqueeze(1)
-            q_list, qr_list, d_list, dh_list = [], [], [], []
+            # 1. draft gamma + 1 steps (no per-step non-finite check: one per round, below)
             u_all = _round_uniforms(keys, gen, g + 1)  # [B, 3, g + 1]
-            u_draft = u_all[:, 0]
-            for i in range(g + 1):
-                fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=hidden)
-                qr, q = ctx.probs(fo.logits[:, -1])
-                q_list.append(q)
-                qr_list.append(qr)
-                if hidden:
-                    dh_list.append(fo.hidden[:, -1])
-                if i < g:
-                    d = sample_categorical(q, u_draft[:, i])
-                    d_list.append(d)
-                    tok = d.unsqueeze(1)
-            ctx.draft_forwards += g + 1
-            drafts = torch.stack(d_list, dim=1)
-            q_rule = torch.stack(qr_list, dim=1)
-            q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
+            drafts, q, q_rule, d_hidden, _ = self._draft_block(draft, ctx, pend, pos, u_all[:, 0], check=False)
             # 2. one target call on the pending token and the drafts
             block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
             fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
@@ -655,7 +660,7 @@ class SpecCascadeDecoder(BaseDecoder):
             # 3. rule + verification with keyed uniforms
             features = None
             if hidden:
-                features = {"draft_hidden": torch.stack(dh_list, dim=1), "target_hidden": fo_t.hidden}
+                features = {"draft_hidden": d_hidden, "target_hidden": fo_t.hidden}
             u_acc, u_smp = u_all[:, 1, :g], u_all[:, 2]
             res: Any = None
             if fused is not None:
