@@ -19,12 +19,23 @@ forward the way ``DynamicCache``'s ``torch.cat`` does.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 __all__ = ["SlotCache", "SlotLayer", "SlotTable"]
+
+
+def allocate_kv(layer: Any, key_states: Tensor, value_states: Tensor) -> None:
+    """Give ``layer`` zeroed ``kbuf`` / ``vbuf`` ``[B, H, layer.capacity, D]`` shaped after its first update's
+    keys / values ``[B, H, n, D]`` (the lazy initialisation of every fixed-capacity KV layer here)."""
+    layer.dtype, layer.device = key_states.dtype, key_states.device
+    b, h, _, dk = key_states.shape
+    layer.kbuf = key_states.new_zeros((b, h, layer.capacity, dk))
+    layer.vbuf = value_states.new_zeros((b, value_states.shape[1], layer.capacity, value_states.shape[-1]))
+    layer.is_initialized = True
 
 
 class SlotLayer(DynamicLayer):
@@ -41,11 +52,7 @@ class SlotLayer(DynamicLayer):
         self.vbuf: Tensor | None = None
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        b, h, _, dk = key_states.shape
-        self.kbuf = key_states.new_zeros((b, h, self.capacity, dk))
-        self.vbuf = value_states.new_zeros((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
-        self.is_initialized = True
+        allocate_kv(self, key_states, value_states)
         self._refresh()
 
     def _refresh(self) -> None:

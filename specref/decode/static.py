@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from specref.decode.kvcache import SlotTable
+from specref.decode.kvcache import SlotTable, allocate_kv
 
 __all__ = ["StaticEngine", "StaticSession", "clear_static_engines"]
 
@@ -78,12 +78,8 @@ class StaticKVLayer(DynamicLayer):
         self.vbuf: Tensor | None = None
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        b, h, _, dk = key_states.shape
-        self.kbuf = key_states.new_zeros((b, h, self.capacity, dk))
-        self.vbuf = value_states.new_zeros((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
+        allocate_kv(self, key_states, value_states)
         self.keys, self.values = self.kbuf, self.vbuf
-        self.is_initialized = True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
