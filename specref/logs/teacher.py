@@ -139,6 +139,15 @@ def _summaries(
     return {k: torch.cat([part[k] for part in parts]).cpu() for k in parts[0]}
 
 
+def _resume(writer: Any, examples: Sequence[Any], desc: str, progress: bool) -> tuple[list[Any], Any]:
+    """The examples a resumed log still lacks (in index order), and a progress bar already counting the rest."""
+    todo_idx = set(writer.pending(e.index for e in examples))
+    todo = sorted((e for e in examples if e.index in todo_idx), key=lambda e: e.index)
+    bar = _progress(len(examples), desc, progress)
+    bar.update(len(examples) - len(todo))
+    return todo, bar
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -193,10 +202,7 @@ def log_teacher_forced(
                        alphas=tuple(alphas), reference=True, hidden=dims)
     src = {"mode": "teacher_forced", **dict(source or {})}
     with LogWriter(out, layout, source=src, examples_per_shard=examples_per_shard, overwrite=overwrite) as writer:
-        todo_idx = set(writer.pending(e.index for e in examples))
-        todo = sorted((e for e in examples if e.index in todo_idx), key=lambda e: e.index)
-        bar = _progress(len(examples), "logging", progress)
-        bar.update(len(examples) - len(todo))
+        todo, bar = _resume(writer, examples, "logging", progress)
         for batch in _batches(todo, batch_size):
             nonempty = [e for e in batch if e.completion]
             rows_by_example: dict[int, dict[str, Any]] = {}
@@ -327,10 +333,7 @@ def log_on_policy(
            "max_new_tokens": max_new_tokens, "seed": seed, **dict(source or {})}
     dev = dec.device
     with LogWriter(out, layout, source=src, examples_per_shard=examples_per_shard, overwrite=overwrite) as writer:
-        todo_idx = set(writer.pending(e.index for e in examples))
-        todo = sorted((e for e in examples if e.index in todo_idx), key=lambda e: e.index)
-        bar = _progress(len(examples), "logging (on-policy)", progress)
-        bar.update(len(examples) - len(todo))
+        todo, bar = _resume(writer, examples, "logging (on-policy)", progress)
         for batch in _batches(todo, batch_size):
             width = max(len(e.prompt) for e in batch)
             ids = torch.tensor([[0] * (width - len(e.prompt)) + list(e.prompt) for e in batch], device=dev)
