@@ -161,3 +161,9 @@ def test_reproduce_procs_flag_relaunches_through_torchrun(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--procs", "0", *ARGS, "--out", str(tmp_path / "bad")]) == 2
     assert "--procs must be >= 1" in capsys.readouterr().err
+    import argparse
+
+    from specref.cli.reproduce import run
+
+    with pytest.raises(ValueError, match="re-launches the command line"):  # called without specref.cli.main
+        run(argparse.Namespace(procs=2, device="cpu"))

@@ -127,8 +127,10 @@ def _relaunch(args: argparse.Namespace) -> int:
                              f"not {args.device}")
         if have < n:
             raise ValueError(f"--procs {n} needs {n} GPUs, {have} visible")
+    if not getattr(args, "argv", None):  # without the command line every other option would be lost
+        raise ValueError("--procs re-launches the command line: run it through `specref` (specref.cli.main)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "specref.repro.distributed", *_without_procs(getattr(args, "argv", []))]
+           "-m", "specref.repro.distributed", *_without_procs(args.argv)]
     print(f"specref reproduce: {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
     return subprocess.run(cmd).returncode
 
