@@ -222,3 +222,96 @@ def test_configs_reproduce_the_shipped_models(pair):
 
         diff = {k: was[k] for k in was if not same(now.get(k), was[k])}
         assert diff == SHIPPED_DEVIATIONS.get((pair, role), {}), (role, diff)
+
+
+@pytest.mark.parametrize("n,batch,chunk,drop_last", [(103, 8, 4, True), (103, 8, 4, False), (64, 8, 3, True),
+                                                     (5, 8, 2, False)])
+def test_length_buckets_cover_each_row_once_in_homogeneous_batches(n, batch, chunk, drop_last):
+    import random
+
+    import torch
+
+    rng = random.Random(n)
+    lengths = [rng.randint(3, 120) for _ in range(n)]
+    sampler = zdata.LengthBuckets(lengths, batch, chunk, torch.Generator().manual_seed(0), drop_last=drop_last)
+    epochs = [list(sampler), list(sampler)]
+    for batches in epochs:
+        assert len(batches) == len(sampler)
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat))  # no row twice in an epoch
+        assert len(flat) == (n // batch * batch if drop_last else n)  # only a last partial batch is dropped
+        assert all(len(b) == batch for b in batches) or not drop_last
+    assert epochs[0] != epochs[1] or n <= batch  # reshuffled every epoch (one sorted batch cannot change)
+    again = zdata.LengthBuckets(lengths, batch, chunk, torch.Generator().manual_seed(0), drop_last=drop_last)
+    assert list(again) == epochs[0]  # reproducible from the seed
+
+    def padding(batches):  # padded cells / real cells
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches) / sum(lengths[i] for b in batches for i in b)
+
+    if n > 2 * batch:
+        shuffled = list(range(n))
+        random.Random(1).shuffle(shuffled)
+        random_batches = [shuffled[i : i + batch] for i in range(0, len(shuffled), batch)]
+        assert padding(epochs[0]) < 0.8 * padding(random_batches)
+    with pytest.raises(ValueError, match=">= 1"):
+        zdata.LengthBuckets(lengths, 0, 2, torch.Generator())
+
+
+def test_warm_start_loads_weights_and_chains_logs(tmp_path):
+    """``init_from`` continues from an earlier variant's weights (tied embeddings included) and the new log adds
+    up both stages; a model of another shape is refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.zoo import variants
+    from training.zoo.models import build_model
+    from training.zoo.train_one import warm_start
+
+    pair, out, work = "bible-en-es-t5", tmp_path / "out", tmp_path / "work"
+    common = ["--pair", pair, "--out", str(out), "--smoke", "--inprocess", "--devices", "cpu", "--work", str(work),
+              "--role", "target"]
+    assert variants.main(["train", "--variant", "one", "bucket_batches=2", "--max-steps", "3", *common]) == 0
+    first = out / "target-one.tar"
+    assert variants.main(["train", "--variant", "two", f"init_from={first}", "lr=5e-4", "--max-steps", "2",
+                          *common]) == 0
+    log = json.loads((work / pair / "target-two" / "log.json").read_text())
+    assert [s["steps"] for s in log["stages"]] == [3, 2] and log["steps"] == 5
+    assert log["stages"][0]["optim"]["bucket_batches"] == 2 and log["stages"][1]["optim"]["lr"] == 5e-4
+    assert log["stages"][1]["init_from"] == str(first)
+
+    cfg = load_config(pair, smoke=True)
+    tokenizer = load_tokenizer(pair)
+    model = build_model(pair, cfg["models"]["target"]["arch"], tokenizer)
+    previous = warm_start(model, first)
+    assert previous["steps"] == 3
+    saved = load_file(str(work / pair / "target-one" / "model" / "model.safetensors"))
+    own = model.state_dict()
+    assert saved and all(torch.equal(own[k], v.float()) for k, v in saved.items())
+    assert torch.equal(model.lm_head.weight, saved["shared.weight"].float())  # the tied copies follow
+
+    wider = build_model(pair, {**cfg["models"]["target"]["arch"], "d_ff": 96}, tokenizer)
+    with pytest.raises(ValueError, match="shapes differ"):
+        warm_start(wider, first)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        warm_start(model, tmp_path / "missing.tar")
+
+
+def test_variants_keep_models_ships_only_the_best_weights(tmp_path, capsys):
+    from training.zoo import variants
+
+    pair, out = "bible-en-es-t5", tmp_path / "out"
+    assert variants.main(["train", "--pair", pair, "--role", "target", "--out", str(out), "--max-steps", "2",
+                          "--smoke", "--inprocess", "--devices", "cpu", "--work", str(tmp_path / "work"),
+                          "--variant", "a", "--variant", "b", "lr=3e-3", "--keep-models", "1"]) == 0
+    rows = json.loads((out / "scores.json").read_text())
+    best = max(rows, key=lambda r: r["greedy"]["metric"])["variant"]
+    other = ({"target-a", "target-b"} - {best}).pop()
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted([f"{best}.tar", f"{other}.nomodel.tar"])
+    with tarfile.open(out / f"{other}.nomodel.tar") as tar:
+        names = tar.getnames()
+    assert f"{other}/log.json" in names and not any("/model/" in n or n.endswith("samples.pt") for n in names)
+    capsys.readouterr()
+    assert variants.main(["score", "--pair", pair, str(out / f"{best}.tar"), str(out / f"{other}.nomodel.tar")]) == 0
+    assert f"| {other} |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not a trained variant"):  # no weights: cannot be assembled
+        variants.open_variant(out / f"{other}.nomodel.tar", tmp_path / "scratch")

@@ -20,6 +20,8 @@ MODEL_DEFAULTS = {
     "grad_clip": 1.0,
     "label_smoothing": 0.0,  # training loss only; validation and the cards report plain cross-entropy
     "val_every_frac": 0.1,  # validation loss checks; the best checkpoint is kept
+    "bucket_batches": 0,  # > 0: batches of similar length from chunks of this many batches (data.LengthBuckets)
+    "init_from": None,  # a model folder / variant tar to warm-start from (weights only; train_one.warm_start)
 }
 PAIR_DEFAULTS = {
     "generated_train": False, "generated_seed": 0, "loader_workers": 0, "seed": 1234,

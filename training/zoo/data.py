@@ -137,3 +137,45 @@ class Collator:
         if self.family == "causal":
             return collate_causal(rows, self.pad_id)
         return collate_seq2seq(rows, self.pad_id)
+
+
+class LengthBuckets(torch.utils.data.Sampler):
+    """Batches of similar length (the classic NMT bucketing): each epoch shuffles the rows, cuts them into
+    chunks of ``chunk_batches`` batches, sorts each chunk by length, splits it into batches and shuffles the
+    batch order.
+
+    Why: random batches of Bible verses are ~60% padding (a 115-token verse pads 383 short ones), and T5's
+    attention cost grows with the padded length squared; chunks of 50 batches cut the padding to ~20%, so a
+    time-budgeted run sees about twice the examples. Batches stay random mixes of the corpus at the chunk
+    level. Yields lists of row indices (a ``batch_sampler``); every row appears at most once per epoch and,
+    with ``drop_last``, only the rows of a last partial batch are left out.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, chunk_batches: int, generator: torch.Generator,
+                 drop_last: bool = True) -> None:
+        if batch_size < 1 or chunk_batches < 1:
+            raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
+        self.lengths, self.batch_size, self.chunk = list(lengths), batch_size, chunk_batches * batch_size
+        self.generator, self.drop_last = generator, drop_last
+
+    def _batches(self) -> list[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.chunk):
+            chunk = sorted(order[start : start + self.chunk], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return [batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()]
+
+    def __iter__(self):
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        # every chunk but the last is a whole number of batches, so only the last can leave a partial one
+        return len(self.lengths) // self.batch_size if self.drop_last else -(-len(self.lengths) // self.batch_size)
+
+
+def row_length(row) -> int:
+    """Padded cost of one encoded row: both of its id lists (source + target, or ids + labels)."""
+    return len(row[0]) + len(row[1])

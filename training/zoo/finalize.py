@@ -110,8 +110,8 @@ def build_card(pair: str, files: dict[str, bytes], dest: Path) -> dict:
     tokenizer_cfg = json.loads((dest / "tokenizer" / "tokenizer.json").read_text())
     source, license_ = DATA_NOTES[spec.task]
     keep = ("params", "arch", "optim", "steps", "examples_seen", "train_rows", "train_wall_s", "best_step",
-            "best_val_loss", "final_train_loss", "device", "precision", "versions", "smoke")
-    models = {role: {k: logs[role].get(k) for k in keep} for role in ROLES}
+            "best_val_loss", "final_train_loss", "device", "precision", "versions", "smoke", "stages")
+    models = {role: {k: logs[role].get(k) for k in keep if k != "stages" or k in logs[role]} for role in ROLES}
     for role in ROLES:
         models[role]["fp16_bytes"] = (dest / role / "model.safetensors").stat().st_size
     card = {

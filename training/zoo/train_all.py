@@ -116,9 +116,10 @@ def measure_acceptance(pair: str, work: Path, device: str) -> dict:
     return result
 
 
-def _add_folder(tar: tarfile.TarFile, folder: Path, arcname: str) -> None:
+def _add_folder(tar: tarfile.TarFile, folder: Path, arcname: str, skip: tuple[str, ...] = ()) -> None:
+    """``folder`` under ``arcname``, reproducibly (no times or owners); ``skip``: top-level names left out."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.relative_to(folder).parts[0] not in skip:
             info = tar.gettarinfo(str(path), f"{arcname}/{path.relative_to(folder).as_posix()}")
             info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as handle:

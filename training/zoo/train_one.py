@@ -45,6 +45,77 @@ def save_fp16(model, tokenizer, folder: Path) -> None:
     model.to(torch.float32)
 
 
+def warm_start(model, source: str | Path) -> dict:
+    """Load the weights of an earlier run (a model folder, a variant folder or a variant tar) into ``model``.
+
+    Only the weights carry over: the optimizer starts fresh with this run's own warmup and schedule (a warm
+    restart). The shapes must match exactly (``strict``). Returns the earlier run's ``log.json`` (``{}`` when
+    ``source`` is a bare model folder), so the new log can add up both stages.
+    """
+    import tarfile
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    source = Path(source)
+    if source.is_file() and tarfile.is_tarfile(source):
+        scratch = Path(tempfile.mkdtemp(prefix="zoo-init-"))
+        with tarfile.open(source) as tar:
+            tar.extractall(scratch, filter="data")
+        tops = [p for p in scratch.iterdir() if p.is_dir()]
+        if len(tops) != 1:
+            raise ValueError(f"init_from {source}: expected one top folder in the tar, found {len(tops)}")
+        source = tops[0]
+    if not source.is_dir():
+        raise FileNotFoundError(f"init_from {source}: no such model folder or variant tar")
+    weights = source / "model.safetensors"
+    if not weights.is_file():
+        weights = source / "model" / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_from {source}: no model.safetensors (or model/model.safetensors)")
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    own = model.state_dict()
+    # tied weights are stored once; the state dict names them all
+    state.update({k: state[t] for k, t in _tied_aliases(model).items() if k not in state and t in state})
+    wrong = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape}
+    if wrong:
+        raise ValueError(f"init_from {source}: shapes differ from this config's model: {wrong}")
+    model.load_state_dict(state, strict=True)
+    log = weights.parent.parent / "log.json" if weights.parent.name == "model" else source / "log.json"
+    return json.loads(log.read_text()) if log.is_file() else {}
+
+
+def _tied_aliases(model) -> dict[str, str]:
+    """``{name: name it shares storage with}`` for parameters that are the same tensor."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key in first:
+            aliases[name] = first[key]
+            aliases[first[key]] = name
+        else:
+            first[key] = name
+    return aliases
+
+
+def chain_logs(previous: dict, log: dict, source) -> dict:
+    """The log of a warm-started run: totals over every stage, and each stage's own summary."""
+    keys = ("steps", "examples_seen", "train_wall_s", "budget_s", "best_val_loss", "best_step", "optim",
+            "overrides", "device")
+    stages = previous.get("stages") or ([{k: previous.get(k) for k in keys}] if previous else [])
+    this = {k: log.get(k) for k in keys}
+    this["init_from"] = str(source)
+    out = dict(log)
+    out["stages"] = [*stages, this]
+    for total in ("steps", "examples_seen", "train_wall_s"):
+        out[total] = round(sum((s.get(total) or 0) for s in out["stages"]), 1)
+        if total != "train_wall_s":
+            out[total] = int(out[total])
+    out["budget_s"] = sum((s.get("budget_s") or 0) for s in out["stages"]) or None
+    return out
+
+
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     """``a.b.c=VALUE`` items (VALUE parsed as YAML) set nested config keys, e.g. ``models.target.lr=1e-3``."""
     import yaml
@@ -96,10 +167,19 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     else:
         train_data = zdata.encode(tokenizer, cfg, zdata.training_examples(cfg, "train"))
         n_train = len(train_data)
-        loader = torch.utils.data.DataLoader(
-            train_data, batch_size=spec["batch_size"], shuffle=True, drop_last=n_train > spec["batch_size"],
-            collate_fn=collate, num_workers=0, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        drop_last = n_train > spec["batch_size"]
+        if spec["bucket_batches"]:
+            buckets = zdata.LengthBuckets([zdata.row_length(r) for r in train_data], spec["batch_size"],
+                                          spec["bucket_batches"], generator, drop_last=drop_last)
+            loader = torch.utils.data.DataLoader(train_data, batch_sampler=buckets, collate_fn=collate,
+                                                 num_workers=0)
+        else:
+            loader = torch.utils.data.DataLoader(
+                train_data, batch_size=spec["batch_size"], shuffle=True, drop_last=drop_last,
+                collate_fn=collate, num_workers=0, generator=generator)
     model = build_model(pair, spec["arch"], tokenizer)
+    previous = warm_start(model, spec["init_from"]) if spec.get("init_from") else None
     params = count_parameters(model)
     print(f"{pair}/{role}: {params / 1e6:.2f}M params, {n_train or 'streamed'} train rows, "
           f"setup {time.monotonic() - t0:.1f}s, device {device_name(dev)}", flush=True)
@@ -149,7 +229,7 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     log = {
         "pair": pair, "role": role, "params": params, "arch": spec["arch"],
         "optim": {k: spec[k] for k in ("batch_size", "lr", "weight_decay", "warmup_frac", "min_lr_frac",
-                                       "betas", "grad_clip", "label_smoothing")},
+                                       "betas", "grad_clip", "label_smoothing", "bucket_batches")},
         "seed": seed,
         "steps": int(trainer.global_step), "examples_seen": int(trainer.global_step) * spec["batch_size"],
         "train_rows": n_train if n_train is not None else "stream of generated problems",
@@ -161,6 +241,8 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
                      "lightning": pl.__version__, "python": platform.python_version()},
         "smoke": smoke, "skipped_steps": module.skipped_steps, "overrides": list(overrides),
     }
+    if previous is not None:
+        log = chain_logs(previous, log, spec["init_from"])
     (folder / "log.json").write_text(json.dumps(log, indent=1))
     print(f"{pair}/{role}: done, {log['steps']} steps in {train_wall:.0f}s, best val {module.best_val:.4f}",
           flush=True)

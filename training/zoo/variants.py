@@ -15,6 +15,9 @@ Three steps, for when a pair misses its quality bar (see ``EXPERIMENTS.md``):
 
        python -m training.zoo.variants score --pair bible-en-es-t5 OUT/*.tar
 
+   (``train --keep-models N`` scores on the GPU machine already and ships the weights of the N best variants
+   only: the others come back as ``*.nomodel.tar``, still scoreable, for outputs with a size cap.)
+
 3. ``assemble`` (CPU): the chosen draft and target (variant folders or tars, in either role) become the
    ``<pair>.tar`` + ``eval.tar`` that ``finalize`` installs; the acceptance is measured here on the target's
    own T = 1 samples::
@@ -89,25 +92,32 @@ def train(args: argparse.Namespace) -> int:
         procs.append((name, proc, handle, folder / "train.log"))
         print(f"started {args.role}-{name} on {device}: {' '.join(overrides) or '(config as is)'}", flush=True)
     failed = wait_all(procs)
-    for name in variants:
-        folder = work / args.pair / f"{args.role}-{name}"
-        if name in failed or not (folder / "model" / "model.safetensors").is_file():
-            continue
-        path = args.out / f"{args.role}-{name}.tar"
+    done = [work / args.pair / f"{args.role}-{name}" for name in variants if name not in failed]
+    done = [f for f in done if (f / "model" / "model.safetensors").is_file()]
+    keep = {f.name for f in done}
+    if args.keep_models is not None and done:
+        rows = score_rows(args.pair, done)
+        (args.out / "scores.json").write_text(json.dumps(rows, indent=1))
+        best = sorted(rows, key=lambda r: -r["greedy"]["metric"])[: args.keep_models]
+        keep = {r["variant"] for r in best}
+        print(f"keeping the weights of {sorted(keep)} (best greedy {rows[0]['metric_name']})", flush=True)
+    for folder in done:
+        path = args.out / f"{folder.name}.tar" if folder.name in keep else args.out / f"{folder.name}.nomodel.tar"
         with tarfile.open(path, "w") as tar:
-            _add_folder(tar, folder, folder.name)
+            _add_folder(tar, folder, folder.name, skip=() if folder.name in keep else ("model", "samples.pt"))
         print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)", flush=True)
     print(f"{len(variants) - len(failed)} of {len(variants)} variants done in {time.time() - started:.0f}s",
           flush=True)
     return 1 if failed else 0
 
 
-def open_variant(source: Path, scratch: Path) -> Path:
-    """A variant folder (``model/``, ``log.json``, ...) from a folder or a tar written by ``train``."""
+def open_variant(source: Path, scratch: Path, need_model: bool = True) -> Path:
+    """A variant folder (``model/``, ``log.json``, ...) from a folder or a tar written by ``train``;
+    ``need_model=False`` also accepts the weightless ``*.nomodel.tar`` of ``train --keep-models`` (scoring)."""
     if source.is_dir():
         folder = source
     elif source.is_file() and tarfile.is_tarfile(source):
-        dest = scratch / source.name.removesuffix(".tar")
+        dest = scratch / source.name.removesuffix(".tar").removesuffix(".nomodel")
         with tarfile.open(source) as tar:
             tar.extractall(dest, filter="data")
         tops = [p for p in dest.iterdir() if p.is_dir()]
@@ -116,8 +126,8 @@ def open_variant(source: Path, scratch: Path) -> Path:
         folder = tops[0]
     else:
         raise FileNotFoundError(f"{source} is neither a variant folder nor a tar of one")
-    missing = [n for n in ("model/model.safetensors", "model/config.json", *VARIANT_FILES)
-               if not (folder / n).is_file()]
+    wanted = ("model/model.safetensors", "model/config.json", *VARIANT_FILES) if need_model else VARIANT_FILES
+    missing = [n for n in wanted if not (folder / n).is_file()]
     if missing:
         raise ValueError(f"{source}: not a trained variant (missing {', '.join(missing)})")
     return folder
@@ -149,7 +159,7 @@ def score_rows(pair: str, folders: list[Path]) -> list[dict]:
 
 def score(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        rows = score_rows(args.pair, [open_variant(s, Path(scratch)) for s in args.sources])
+        rows = score_rows(args.pair, [open_variant(s, Path(scratch), need_model=False) for s in args.sources])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     m = rows[0]["metric_name"] if rows else "metric"
@@ -217,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--work", type=Path, default=None)
     t.add_argument("--smoke", action="store_true", help="tiny models and data (CPU tests)")
     t.add_argument("--inprocess", action="store_true", help="train sequentially in this process (tests)")
+    t.add_argument("--keep-models", type=int, default=None, metavar="N",
+                   help="score here (needs the task's metric library) and keep the weights of the N best variants "
+                        "only; the others come back as NAME.nomodel.tar (log, predictions): for size-capped outputs")
     s = sub.add_parser("score", help="score variants on the test split (CPU)")
     s.add_argument("--pair", required=True, choices=list_pairs())
     s.add_argument("sources", nargs="+", type=Path, help="variant folders or tars")
