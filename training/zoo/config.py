@@ -21,6 +21,7 @@ MODEL_DEFAULTS = {
     "label_smoothing": 0.0,  # training loss only; validation and the cards report plain cross-entropy
     "val_every_frac": 0.1,  # validation loss checks; the best checkpoint is kept
     "bucket_batches": 0,  # > 0: batches of similar length from chunks of this many batches (data.LengthBuckets)
+    "minutes": None,  # this model's wall-clock budget when the command gives no --minutes (the shipped recipe)
     "init_from": None,  # a model folder / variant tar to warm-start from (weights only; train_one.warm_start)
 }
 PAIR_DEFAULTS = {
@@ -72,4 +73,5 @@ def smoke_config(cfg: dict) -> dict:
         spec["arch"] = dict(_SMOKE_ARCH[family])
         spec["batch_size"] = 8
         spec["val_every_frac"] = 0.5
+        spec["minutes"] = None  # smoke runs are step-budgeted
     return cfg

@@ -110,7 +110,7 @@ def build_card(pair: str, files: dict[str, bytes], dest: Path) -> dict:
     tokenizer_cfg = json.loads((dest / "tokenizer" / "tokenizer.json").read_text())
     source, license_ = DATA_NOTES[spec.task]
     keep = ("params", "arch", "optim", "steps", "examples_seen", "train_rows", "train_wall_s", "best_step",
-            "best_val_loss", "final_train_loss", "device", "precision", "versions", "smoke", "stages")
+            "best_val_loss", "final_train_loss", "device", "precision", "versions", "smoke", "overrides", "stages")
     models = {role: {k: logs[role].get(k) for k in keep if k != "stages" or k in logs[role]} for role in ROLES}
     for role in ROLES:
         models[role]["fp16_bytes"] = (dest / role / "model.safetensors").stat().st_size
@@ -126,6 +126,12 @@ def build_card(pair: str, files: dict[str, bytes], dest: Path) -> dict:
         "bars": check_bars(spec.task, quality, accept["acceptance"]),
         "training_run": {k: run.get(k) for k in ("gpus", "devices", "minutes", "max_steps", "wall_s")},
     }
+    minutes = card["training_run"]["minutes"]
+    if isinstance(minutes, dict) and any("/" in k for k in minutes):  # train_all with per-model config budgets
+        card["training_run"]["minutes"] = {k.split("/", 1)[1]: v for k, v in minutes.items()
+                                           if k.startswith(f"{pair}/")}
+    if run.get("assembled_from"):  # a pair put together by training.zoo.variants from separate runs
+        card["training_run"]["assembled_from"] = {role: Path(p).name for role, p in run["assembled_from"].items()}
     return card
 
 
@@ -140,6 +146,18 @@ def _budget(minutes) -> str:
     return f"{minutes} min per model"
 
 
+def _built_by(card: dict) -> str:
+    parts = card["training_run"].get("assembled_from")
+    if not parts:
+        return "Built by `training/zoo` (`train_all` on the GPU, `finalize` here); see training/zoo/README.md."
+    runs = "; ".join(f"{role}: {name}, overrides of the config of the day: "
+                     f"{' '.join(card['models'][role].get('overrides') or []) or 'none'}" for role, name in parts.items())
+    return ("Built by `training/zoo`: each model trained by `train_one` on the GPU (" + runs + "), the pair "
+            "assembled by `variants assemble` and installed by `finalize` here. The recipe each model was trained "
+            "with is in the table's models (`arch`, `optim` in card.json) and in training/zoo/configs; see "
+            "training/zoo/README.md and EXPERIMENTS.md.")
+
+
 def model_card_markdown(card: dict) -> str:
     q, bars, metric = card["quality"], card["bars"], card["quality"]["metric"]
     lines = [
@@ -149,7 +167,8 @@ def model_card_markdown(card: dict) -> str:
         f"- tokenizer: {card['tokenizer']['type']}, {card['tokenizer']['vocab_size']} tokens, trained on "
         f"{card['tokenizer']['trained_on']}",
         f"- training run: GPUs {card['training_run'].get('gpus')}, budget "
-        f"{_budget(card['training_run'].get('minutes'))}, total wall {card['training_run'].get('wall_s')} s",
+        f"{_budget(card['training_run'].get('minutes'))}"
+        + (f", total wall {card['training_run']['wall_s']} s" if card["training_run"].get("wall_s") else ""),
         "", "| model | params | fp16 MB | steps | train wall s | best val loss | device |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -180,7 +199,7 @@ def model_card_markdown(card: dict) -> str:
         value = deg["worst_loop_rate"][mode]
         lines.append(f"| loop rate, {mode} (worst model) | <= {limit} | {value:.3f} | {value <= limit} |")
     lines += ["", f"All bars pass: **{bars['all_pass']}**.", "",
-              "Built by `training/zoo` (`train_all` on the GPU, `finalize` here); see training/zoo/README.md.", ""]
+              _built_by(card), ""]
     return "\n".join(lines)
 
 

@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.zoo.train_all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the tars go")
-    parser.add_argument("--minutes", type=float, default=None, help="training budget of every model")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training budget of every model (default: each model's `minutes` in its config, "
+                             "the shipped recipe)")
     parser.add_argument("--max-steps", type=int, default=None, help="step budget instead / as well")
     parser.add_argument("--devices", default="0", help="comma-separated GPU indices, or 'cpu'")
     parser.add_argument("--pairs", nargs="*", default=list_pairs(), choices=list_pairs())
@@ -175,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inprocess", action="store_true", help="train sequentially in this process")
     args = parser.parse_args(argv)
     if args.minutes is None and args.max_steps is None:
-        parser.error("give --minutes and/or --max-steps")
+        from training.zoo.config import load_config
+
+        unbudgeted = [f"{pair}/{role}" for pair in args.pairs for role, spec in load_config(pair)["models"].items()
+                      if spec.get("minutes") is None]
+        if unbudgeted or args.smoke:
+            parser.error(f"give --minutes and/or --max-steps (no `minutes` in the config of {unbudgeted})"
+                         if unbudgeted else "give --minutes and/or --max-steps")
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if not devices:
         parser.error("--devices needs at least one GPU index or 'cpu'")
@@ -199,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - informational only
         pass
-    run_info = {"argv": sys.argv, "minutes": args.minutes, "max_steps": args.max_steps, "devices": devices,
+    minutes = args.minutes
+    if minutes is None and args.max_steps is None:  # each model's own budget, as the cards report it
+        from training.zoo.config import load_config
+
+        minutes = {f"{pair}/{role}": spec["minutes"] for pair in args.pairs
+                   for role, spec in load_config(pair)["models"].items()}
+    run_info = {"argv": sys.argv, "minutes": minutes, "max_steps": args.max_steps, "devices": devices,
                 "gpus": gpus, "pairs": args.pairs, "smoke": args.smoke, "failed": failed,
                 "wall_s": round(time.time() - started, 1), "acceptance": accept,
                 "plan": [list(job) for job in jobs]}

@@ -144,6 +144,11 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     if eval_limit is not None:
         cfg["eval"]["limit"] = eval_limit
     spec = cfg["models"][role]
+    if minutes is None:
+        minutes = spec.get("minutes")
+    if minutes is None and max_steps is None:
+        raise ValueError(f"{pair}/{role}: no budget; give --minutes and/or --max-steps, or set "
+                         f"models.{role}.minutes in the config")
     # a model entry may pin its own seed (e.g. to re-create a model first trained under the other role)
     seed = int(spec.get("seed", cfg["seed"] + (0 if role == "target" else 1)))
     random.seed(seed)
@@ -254,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", required=True, choices=list_pairs())
     parser.add_argument("--role", required=True, choices=("draft", "target"))
     parser.add_argument("--out", type=Path, required=True, help="work folder (the pair's files go below it)")
-    parser.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock training budget (default: the model's `minutes` in the config)")
     parser.add_argument("--max-steps", type=int, default=None, help="step budget (smoke tests, CPU checks)")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data: a CPU test in seconds")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
@@ -265,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("ZOO_THREADS", "2")),
                         help="CPU threads for this process (six share a machine)")
     args = parser.parse_args(argv)
-    if args.minutes is None and args.max_steps is None:
-        parser.error("give --minutes and/or --max-steps")
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

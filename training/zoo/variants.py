@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from specref.zoo import ROLES, list_pairs
+from training.zoo.config import load_config
 from training.zoo.train_all import _add_folder, _child_command, launch, measure_acceptance, pack, wait_all
 
 VARIANT_FILES = ("predictions.json", "log.json")  # besides model/; the target also needs samples.pt
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", action="append", nargs="+", required=True, metavar="NAME [KEY=VALUE",
                    help="a variant: its name, then config overrides (repeatable)")
     t.add_argument("--out", type=Path, required=True, help="where the variant tars go")
-    t.add_argument("--minutes", type=float, default=None)
+    t.add_argument("--minutes", type=float, default=None, help="budget of each variant (default: the config's)")
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--devices", default="0", help="comma-separated GPU indices (round robin), or 'cpu'")
     t.add_argument("--work", type=Path, default=None)
@@ -246,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        if args.minutes is None and args.max_steps is None:
-            raise SystemExit("give --minutes and/or --max-steps")
+        if args.minutes is None and args.max_steps is None and (
+                args.smoke or load_config(args.pair)["models"][args.role].get("minutes") is None):
+            raise SystemExit(f"give --minutes and/or --max-steps (models.{args.role} of {args.pair} has no `minutes`)")
         return train(args)
     return score(args) if args.command == "score" else assemble(args)
 
