@@ -126,6 +126,16 @@ def _add_folder(tar: tarfile.TarFile, folder: Path, arcname: str, skip: tuple[st
                 tar.addfile(info, handle)
 
 
+def unpack_folder(tar_path: Path, dest: Path) -> Path:
+    """Extract a tar holding exactly one top folder (as ``_add_folder`` writes it) below ``dest``; its path."""
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+    tops = [p for p in dest.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise ValueError(f"{tar_path}: expected one top folder, found {sorted(p.name for p in tops)}")
+    return tops[0]
+
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode = len(data), 0o644

@@ -57,15 +57,11 @@ def warm_start(model, source: str | Path) -> dict:
 
     from safetensors.torch import load_file
 
+    from training.zoo.train_all import unpack_folder
+
     source = Path(source)
     if source.is_file() and tarfile.is_tarfile(source):
-        scratch = Path(tempfile.mkdtemp(prefix="zoo-init-"))
-        with tarfile.open(source) as tar:
-            tar.extractall(scratch, filter="data")
-        tops = [p for p in scratch.iterdir() if p.is_dir()]
-        if len(tops) != 1:
-            raise ValueError(f"init_from {source}: expected one top folder in the tar, found {len(tops)}")
-        source = tops[0]
+        source = unpack_folder(source, Path(tempfile.mkdtemp(prefix="zoo-init-")))
     if not source.is_dir():
         raise FileNotFoundError(f"init_from {source}: no such model folder or variant tar")
     weights = source / "model.safetensors"

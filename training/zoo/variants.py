@@ -39,7 +39,8 @@ from pathlib import Path
 
 from specref.zoo import ROLES, list_pairs
 from training.zoo.config import load_config
-from training.zoo.train_all import _add_folder, _child_command, launch, measure_acceptance, pack, wait_all
+from training.zoo.train_all import (_add_folder, _child_command, launch, measure_acceptance, pack, unpack_folder,
+                                    wait_all)
 
 VARIANT_FILES = ("predictions.json", "log.json")  # besides model/; the target also needs samples.pt
 
@@ -118,13 +119,7 @@ def open_variant(source: Path, scratch: Path, need_model: bool = True) -> Path:
     if source.is_dir():
         folder = source
     elif source.is_file() and tarfile.is_tarfile(source):
-        dest = scratch / source.name.removesuffix(".tar").removesuffix(".nomodel")
-        with tarfile.open(source) as tar:
-            tar.extractall(dest, filter="data")
-        tops = [p for p in dest.iterdir() if p.is_dir()]
-        if len(tops) != 1:
-            raise ValueError(f"{source}: expected one top folder, found {[p.name for p in tops]}")
-        folder = tops[0]
+        folder = unpack_folder(source, scratch / source.name.removesuffix(".tar").removesuffix(".nomodel"))
     else:
         raise FileNotFoundError(f"{source} is neither a variant folder nor a tar of one")
     wanted = ("model/model.safetensors", "model/config.json", *VARIANT_FILES) if need_model else VARIANT_FILES
