@@ -151,7 +151,8 @@ def _built_by(card: dict) -> str:
     if not parts:
         return "Built by `training/zoo` (`train_all` on the GPU, `finalize` here); see training/zoo/README.md."
     runs = "; ".join(f"{role}: {name}, overrides of the config of the day: "
-                     f"{' '.join(card['models'][role].get('overrides') or []) or 'none'}" for role, name in parts.items())
+                     f"{' '.join(card['models'][role].get('overrides') or []) or 'none'}"
+                     for role, name in parts.items())
     return ("Built by `training/zoo`: each model trained by `train_one` on the GPU (" + runs + "), the pair "
             "assembled by `variants assemble` and installed by `finalize` here. The recipe each model was trained "
             "with is in the table's models (`arch`, `optim` in card.json) and in training/zoo/configs; see "

@@ -39,8 +39,15 @@ from pathlib import Path
 
 from specref.zoo import ROLES, list_pairs
 from training.zoo.config import load_config
-from training.zoo.train_all import (_add_folder, _child_command, launch, measure_acceptance, pack, unpack_folder,
-                                    wait_all)
+from training.zoo.train_all import (
+    _add_folder,
+    _child_command,
+    launch,
+    measure_acceptance,
+    pack,
+    unpack_folder,
+    wait_all,
+)
 
 VARIANT_FILES = ("predictions.json", "log.json")  # besides model/; the target also needs samples.pt
 
