@@ -121,3 +121,17 @@ def test_committed_gpu_reports_match_their_measurements(name, tmp_path):
     assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
     R = json.loads(src.read_text())
     assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
+
+
+def test_eager_engines_diagnosis_runs_and_checks_identical_tokens(tmp_path):
+    """bench/eager_engines.py on tiny shapes (CPU): every variant decodes the same tokens as `plain`, and the
+    JSON is written (after every variant, so a run cut short keeps its rows)."""
+    from bench import eager_engines
+
+    out = tmp_path / "ee.json"
+    assert eager_engines.main(["--device", "cpu", "--smoke", "--batch", "2", "--max-new-tokens", "12",
+                               "--prompt-len", "8", "--vocab", "256", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert runs["identical_tokens/b2"] == {"plain": True, "fast": True, "fast+contig-mask": True}
+    row = runs["fast/b2"]
+    assert row["tokens"] > 0 and row["rounds"] > 0 and row["trace"]["top_host_ops"]
