@@ -113,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     from specref.decode import adapters
 
     original_mask = adapters.Session._mask_after_append
+    try:
+        measure(args, draft, target, device, gen, variants, original_mask, result)
+    finally:  # the patch is process-wide: never leave it behind (tests run in one process)
+        adapters.Session._mask_after_append = original_mask
+    save(result, args.out)
+    return 0
+
+
+def measure(args: argparse.Namespace, draft: Any, target: Any, device: Any, gen: Any, variants: list,
+            original_mask: Any, result: dict[str, Any]) -> None:
+    from specref.decode import adapters
+
     for b in args.batch:
         ids = torch.randint(3, args.vocab, (b, args.prompt_len), generator=gen).to(device)
         mask = torch.ones_like(ids)
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 acts.append(torch.profiler.ProfilerActivity.CUDA)
             with torch.profiler.profile(activities=acts) as prof:
-                _, traced = run()
+                run()
             tokens = int(out.lengths.sum())
             rounds = int(out.stats.num_rounds)
             tokens_by_variant[name] = out.token_lists()
@@ -143,12 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"kernels {tr['kernel_launches']}  kernel time {tr['kernel_time_us']} us  "
                   f"blocking {tr['blocking']}", flush=True)
             save(result, args.out)  # after every variant: a run cut short keeps what it measured
-        adapters.Session._mask_after_append = original_mask
         same = {k: v == tokens_by_variant["plain"] for k, v in tokens_by_variant.items()}
         result["runs"][f"identical_tokens/b{b}"] = same
         print(f"b{b} identical tokens vs plain: {same}", flush=True)
-    save(result, args.out)
-    return 0
 
 
 def save(result: dict[str, Any], path: str | None) -> None:

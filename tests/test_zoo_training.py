@@ -332,3 +332,23 @@ def test_every_shipped_pair_passes_its_quality_bars(pair):
     assert bars == json.loads(json.dumps(card["bars"]))  # JSON round trip: tuples -> lists
     assert bars["all_pass"], {k: v for k, v in bars.items() if k != "all_pass" and not v["pass"]}
     assert "All bars pass: **True**." in (ZOO_DIR / pair / "MODEL_CARD.md").read_text()
+
+
+def test_train_all_needs_a_budget(tmp_path, monkeypatch, capsys):
+    """Without --minutes / --max-steps each model's config `minutes` is the budget; a smoke run or a config
+    without one is refused before anything trains."""
+    with pytest.raises(SystemExit):
+        train_all.main(["--out", str(tmp_path), "--smoke", "--devices", "cpu"])
+    import training.zoo.config as config  # main imports load_config from here when it runs
+
+    original = config.load_config
+
+    def without_minutes(pair, smoke=False):
+        cfg = original(pair, smoke)
+        cfg["models"]["draft"]["minutes"] = None
+        return cfg
+
+    monkeypatch.setattr(config, "load_config", without_minutes)
+    with pytest.raises(SystemExit):
+        train_all.main(["--out", str(tmp_path), "--devices", "cpu", "--pairs", "bible-en-es-t5"])
+    assert "bible-en-es-t5/draft" in capsys.readouterr().err

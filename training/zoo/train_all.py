@@ -186,14 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models and data (CPU tests)")
     parser.add_argument("--inprocess", action="store_true", help="train sequentially in this process")
     args = parser.parse_args(argv)
+    budgets = None  # each model's own `minutes` from its config, when the command gives no budget
     if args.minutes is None and args.max_steps is None:
         from training.zoo.config import load_config
 
-        unbudgeted = [f"{pair}/{role}" for pair in args.pairs for role, spec in load_config(pair)["models"].items()
-                      if spec.get("minutes") is None]
-        if unbudgeted or args.smoke:
-            parser.error(f"give --minutes and/or --max-steps (no `minutes` in the config of {unbudgeted})"
-                         if unbudgeted else "give --minutes and/or --max-steps")
+        if args.smoke:
+            parser.error("give --minutes and/or --max-steps")
+        budgets = {f"{pair}/{role}": spec.get("minutes") for pair in args.pairs
+                   for role, spec in load_config(pair)["models"].items()}
+        unbudgeted = [name for name, minutes in budgets.items() if minutes is None]
+        if unbudgeted:
+            parser.error(f"give --minutes and/or --max-steps (no `minutes` in the config of {unbudgeted})")
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if not devices:
         parser.error("--devices needs at least one GPU index or 'cpu'")
@@ -217,13 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - informational only
         pass
-    minutes = args.minutes
-    if minutes is None and args.max_steps is None:  # each model's own budget, as the cards report it
-        from training.zoo.config import load_config
-
-        minutes = {f"{pair}/{role}": spec["minutes"] for pair in args.pairs
-                   for role, spec in load_config(pair)["models"].items()}
-    run_info = {"argv": sys.argv, "minutes": minutes, "max_steps": args.max_steps, "devices": devices,
+    run_info = {"argv": sys.argv, "minutes": args.minutes if budgets is None else budgets,
+                "max_steps": args.max_steps, "devices": devices,
                 "gpus": gpus, "pairs": args.pairs, "smoke": args.smoke, "failed": failed,
                 "wall_s": round(time.time() - started, 1), "acceptance": accept,
                 "plan": [list(job) for job in jobs]}

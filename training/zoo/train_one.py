@@ -104,10 +104,9 @@ def chain_logs(previous: dict, log: dict, source) -> dict:
     this["init_from"] = str(source)
     out = dict(log)
     out["stages"] = [*stages, this]
-    for total in ("steps", "examples_seen", "train_wall_s"):
-        out[total] = round(sum((s.get(total) or 0) for s in out["stages"]), 1)
-        if total != "train_wall_s":
-            out[total] = int(out[total])
+    for total in ("steps", "examples_seen"):
+        out[total] = sum(int(s.get(total) or 0) for s in out["stages"])
+    out["train_wall_s"] = round(sum(s.get("train_wall_s") or 0.0 for s in out["stages"]), 1)
     out["budget_s"] = sum((s.get("budget_s") or 0) for s in out["stages"]) or None
     return out
 
