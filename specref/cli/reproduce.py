@@ -13,30 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from specref.cli._args import (
+    add_cost_ratio,
+    add_device,
+    add_engine,
+    add_progress,
+    int_tuple,
+    nonneg_float,
+    out_dir,
+    positive_int,
+    top_p,
+)
+
 DESCRIPTION = __doc__.splitlines()[0].split(": ", 1)[1]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _top_p(text: str) -> float | None:
-    if text.lower() in ("none", "1", "1.0"):
-        return None
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("top-p must be in (0, 1]")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> None:
@@ -49,51 +38,62 @@ def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> No
                    help="a paper setup from configs/paper/*.yaml instead of a zoo pair")
     g.add_argument("--standin", action="store_true",
                    help="replace the models by tiny random-init ones (pipeline check; numbers are meaningless)")
-    g.add_argument("--full", action="store_true", help="whole test split, full alpha grids, 3 seeds")
+    g.add_argument("--full", action="store_true",
+                   help="whole test split, full alpha grids, 3 seeds (default: quick mode, a subset)")
     g.add_argument("--sweep", default=default_sweep,
                    choices=("main", "robustness", "temperature", "gamma", "top_p", "all"),
                    help=f"main setting, robustness sweeps (temperature, gamma, top-p), one factor, or all "
                         f"(default: {default_sweep})")
     g.add_argument("--methods", default=None,
-                   help="comma-separated method keys (target and draft are always included); see specref.repro.methods")
+                   help="comma-separated method keys; target and draft are always included (default: the "
+                        "setup's list; every key: specref.repro.methods)")
     g.add_argument("--alphas", default=None,
-                   help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8')")
-    g.add_argument("--head", default=None, metavar="PATH", help="trained deferral head: adds SpecCascade [Learned]")
+                   help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8') "
+                        "(default: each method's grid)")
+    g.add_argument("--head", default=None, metavar="PATH",
+                   help="trained deferral head: adds SpecCascade [Learned] (default: none)")
     s = p.add_argument_group("decoding")
-    s.add_argument("--temperature", type=float, default=None, help="main setting's temperature (default 1)")
-    s.add_argument("--gamma", type=int, default=None, help="main setting's block size (default 5)")
-    s.add_argument("--top-p", type=_top_p, default=None, help="main setting's top-p (default none)")
-    s.add_argument("--seed", type=_ints, default=None, metavar="N[,N...]",
+    s.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="main setting's temperature, 0 = greedy (default: the setup's, 1 for the zoo)")
+    s.add_argument("--gamma", type=positive_int, default=None,
+                   help="main setting's block size (default: the setup's, 5 for the zoo)")
+    s.add_argument("--top-p", type=top_p, default=None, help="main setting's top-p (default: none)")
+    s.add_argument("--seed", type=int_tuple, default=None, metavar="N[,N...]",
                    help="trial seed(s), averaged in the summary (default 0; --full: 0,1,2)")
-    s.add_argument("--max-examples", type=int, default=None, help="test examples (evenly spaced over the split)")
-    s.add_argument("--max-new-tokens", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--split", default=None, choices=("train", "validation", "test"))
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    s.add_argument("--threads", type=int, default=None,
+    s.add_argument("--max-examples", type=positive_int, default=None,
+                   help="test examples, evenly spaced over the split (default: the mode's, all with --full)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="new tokens per example (default: the task's)")
+    s.add_argument("--batch-size", type=positive_int, default=None,
+                   help="examples per decoder call (default: 16 quick; --full: 32 on a CPU, 256 on a GPU)")
+    s.add_argument("--split", default=None, choices=("train", "validation", "test"),
+                   help="data split (default: test)")
+    add_device(s)
+    add_engine(s)
+    s.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default on cpu: 1 - the zoo models are too small to gain from more, "
                         "and extra threads contend badly on a busy machine)")
     c = p.add_argument_group("cost and summary")
-    c.add_argument("--cost-ratio", type=float, default=None,
-                   help="draft/target step cost c of the modeled latency (default: pair card, else per-step "
-                        "parameter ratio)")
+    add_cost_ratio(c, "the pair card's, else the per-step parameter ratio")
     c.add_argument("--axis", default=None,
                    choices=("latency_model", "latency_wall", "target_calls_per_token", "rejection_rate"),
-                   help="cost axis the summary table leads with (default latency_model: deterministic)")
-    c.add_argument("--match-tol", type=float, default=0.0,
-                   help="a method 'matches' the target at quality >= target - tol (default 0)")
-    c.add_argument("--no-interpolate", action="store_true", help="Table 2 from measured points only")
+                   help="cost axis the summary table leads with (default: latency_model, deterministic)")
+    c.add_argument("--match-tol", type=nonneg_float, default=0.0,
+                   help="extra tolerance below the target's quality, on top of its noise band (default: 0)")
+    c.add_argument("--no-interpolate", action="store_true",
+                   help="Table 2 from measured points only (default: interpolate between frontier points)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="specref-out", help="output folder (default ./specref-out)")
-    o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--out", type=out_dir, default=Path("specref-out"),
+                   help="output folder, created if missing (default: ./specref-out)")
+    add_progress(o)
+    o.add_argument("--no-plot", action="store_true", help="skip the PNG plots (default: drawn)")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("reproduce", help=DESCRIPTION, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    p.add_argument("--procs", type=int, default=1, metavar="N",
+    p.add_argument("--procs", type=positive_int, default=1, metavar="N",
                    help="run the sweep data-parallel in N processes through torchrun (one per GPU with --device "
                         "cuda; gloo processes on a CPU); rows and summaries equal a one-process run's except "
                         "wall-clock columns. Same as `torchrun --nproc_per_node N -m specref.repro.distributed`")
@@ -114,23 +114,31 @@ def _without_procs(argv: list[str]) -> list[str]:
     return out
 
 
-def _relaunch(args: argparse.Namespace) -> int:
+def _device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a named device that is missing is an error."""
+    from specref.loading import resolve_device
+
+    return str(resolve_device(name))
+
+
+def _relaunch(args: argparse.Namespace, device: str) -> int:
     import subprocess
 
     n = args.procs
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         import torch
 
         have = torch.cuda.device_count()
         if ":" in args.device:
             raise ValueError("--procs with --device cuda gives each process its own GPU: use --device cuda, "
                              f"not {args.device}")
+        device = "cuda"
         if have < n:
             raise ValueError(f"--procs {n} needs {n} GPUs, {have} visible")
     if not getattr(args, "argv", None):  # without the command line every other option would be lost
         raise ValueError("--procs re-launches the command line: run it through `specref` (specref.cli.main)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "specref.repro.distributed", *_without_procs(args.argv)]
+           "-m", "specref.repro.distributed", *_without_procs(args.argv), "--device", device]
     print(f"specref reproduce: {n} processes: {' '.join(cmd[1:])}", file=sys.stderr)
     return subprocess.run(cmd).returncode
 
@@ -181,14 +189,6 @@ def _config(args: argparse.Namespace) -> Any:
     from specref.repro.methods import DEFAULT_METHODS
 
     alphas = parse_alpha_overrides(args.alphas, methods or DEFAULT_METHODS + ("learned", "ensemble"))
-    for name, value in (("--max-examples", args.max_examples), ("--max-new-tokens", args.max_new_tokens),
-                        ("--batch-size", args.batch_size), ("--gamma", args.gamma)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1")
-    if args.temperature is not None and args.temperature < 0:
-        raise ValueError("--temperature must be >= 0")
-    if args.match_tol < 0:
-        raise ValueError("--match-tol must be >= 0")
     return ReproConfig(
         methods=methods, alphas=alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
         gamma=args.gamma, top_p=args.top_p, seeds=args.seed, split=args.split, max_examples=args.max_examples,
@@ -213,25 +213,27 @@ def _load_head(path: str | None) -> Any:
 def run(args: argparse.Namespace) -> int:
     from specref.repro.reproduce import reproduce
 
-    if getattr(args, "procs", 1) < 1:
-        raise ValueError(f"--procs must be >= 1, got {args.procs}")
-    if getattr(args, "procs", 1) > 1:
-        return _relaunch(args)
     t0 = time.perf_counter()
     cfg = _config(args)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError("--threads must be >= 1")
-    if args.threads is not None or args.device == "cpu":
+    device = _device(args.device)
+    if getattr(args, "procs", 1) > 1:
+        return _relaunch(args, device)
+    if args.threads is not None or device == "cpu":
         import torch
 
         torch.set_num_threads(args.threads or 1)
     head = _load_head(args.head)
     setups = _setups(args)
     _check_built(setups, args.standin)
+    from specref.repro.hf import HFBackend
+
     for setup in setups:
         print(f"specref reproduce: {setup.name} ({setup.task.name}, metric {setup.task.metric_name}) on "
-              f"{args.device}, {'full' if cfg.full else 'quick'} mode, sweep {cfg.sweep}", file=sys.stderr)
-        result = reproduce(setup, args.out, cfg, device=args.device, head=head)
+              f"{device}, engine {args.engine}, {'full' if cfg.full else 'quick'} mode, sweep {cfg.sweep}",
+              file=sys.stderr)
+        backend = HFBackend.from_setup(setup, device=device, head=head)
+        backend.engine = args.engine
+        result = reproduce(setup, args.out, cfg, backend=backend, device=device, head=head)
         print(result.table)
         for claim in result.claims:
             print(f"claim: {claim.claim}: {claim.verdict} ({claim.evidence})")

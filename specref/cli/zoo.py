@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from specref import zoo
-
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("zoo", help="list the embedded model pairs and their cards")
-    parser.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    parser = subparsers.add_parser("zoo", help="list the embedded model pairs and their cards",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("action", nargs="?", choices=("list", "show"), default="list",
+                        help="list every pair, or show one pair's card (default: list)")
     parser.add_argument("name", nargs="?", help="pair name (for show)")
-    parser.add_argument("--json", action="store_true", help="print the card(s) as JSON")
+    parser.add_argument("--json", action="store_true", help="print the card(s) as JSON (default: a table)")
     parser.set_defaults(func=run)
 
 
 def _summary(card: dict) -> str:
+    from specref import zoo
+
     if not card["built"]:
         return "not built (no weights yet)"
     q = card.get("quality", {})
@@ -39,6 +41,8 @@ def _millions(n: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from specref import zoo
+
     if args.action == "show":
         if not args.name:
             raise ValueError("say which pair: specref zoo show NAME (see `specref zoo`)")

@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="torchrun -m specref.repro.distributed", description=__doc__.splitlines()[0])
     add_arguments(p)
-    p.add_argument("--engine", default="plain", choices=("plain", "fast"),
-                   help="decoder engine (identical outputs; 'fast' trims per-round work)")
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
-    device = args.device
+    from specref.loading import resolve_device
+
+    device = str(resolve_device(args.device)) if args.device == "auto" else args.device
     if device.startswith("cuda") and ":" not in device:
         device = f"cuda:{local_rank}"
     import torch
