@@ -116,8 +116,12 @@ def _without_procs(argv: list[str]) -> list[str]:
 
 def _device(name: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a named device that is missing is an error."""
-    from specref.loading import resolve_device
+    try:
+        from specref.loading import resolve_device
+    except ImportError:  # pragma: no cover - the loading module lands separately
+        import torch
 
+        return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     return str(resolve_device(name))
 
 

@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
-    from specref.loading import resolve_device
+    from specref.cli.reproduce import _device
 
-    device = str(resolve_device(args.device)) if args.device == "auto" else args.device
+    device = _device(args.device) if args.device == "auto" else args.device
     if device.startswith("cuda") and ":" not in device:
         device = f"cuda:{local_rank}"
     import torch
