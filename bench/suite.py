@@ -784,42 +784,49 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                     help="output prefix: writes <out>.json and <out>.md; an existing folder gets "
                          "<folder>/<device-name>.{json,md} (default: bench/results/<device-name>)")
     ap.add_argument("--smoke", action="store_true", help="tiny models and budgets on the CPU (< 60 s)")
-    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
     ap.add_argument("--budget-s", type=float, default=None, help="optional parts stop past this many seconds "
                     "(default 480; smoke 45)")
-    ap.add_argument("--gamma", type=int, default=5)
-    ap.add_argument("--alpha", type=float, default=0.3, help="token_v3 lenience")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--gamma", type=int, default=5, help="drafts per round (default: 5)")
+    ap.add_argument("--alpha", type=float, default=0.3, help="token_v3 lenience (default: 0.3)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per request (default 128; smoke 8)")
     ap.add_argument("--batch-sizes", default=None, help="default 1,8,16,32 (smoke 1,2,4)")
-    ap.add_argument("--requests", type=int, default=None, help="prompts decoded one after the other at batch 1")
-    ap.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (best kept)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="prompts decoded one after the other at batch 1 (default 4; smoke 2)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per configuration, best kept (default: 1)")
     ap.add_argument("--engines", default=None,
                     help="specref engines, in priority order (default on a GPU graph,compile-graph: the eager engines "
                          "take minutes at batch 1, add fast,plain to compare them; on a CPU fast,plain; smoke "
                          "fast,graph,plain: graph runs eagerly on a CPU)")
-    ap.add_argument("--methods", default="target,specdecode,token_v3")
-    ap.add_argument("--head", default=None, help="a trained deferral head: adds the learned rule")
-    ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
-    ap.add_argument("--target-seconds", type=float, default=None)
-    ap.add_argument("--draft-seconds", type=float, default=None)
-    ap.add_argument("--corpus-mb", type=float, default=None)
-    ap.add_argument("--vocab", type=int, default=None)
+    ap.add_argument("--methods", default="target,specdecode,token_v3",
+                    help="methods to time (default: target,specdecode,token_v3)")
+    ap.add_argument("--head", default=None, help="a trained deferral head: adds the learned rule (default: none)")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate (default: timed)")
+    ap.add_argument("--target-seconds", type=float, default=None,
+                    help="training time of the benchmark's target (default 90; smoke 3)")
+    ap.add_argument("--draft-seconds", type=float, default=None,
+                    help="training time of the benchmark's draft (default 45; smoke 2)")
+    ap.add_argument("--corpus-mb", type=float, default=None, help="training corpus size (default 30; smoke 0.4)")
+    ap.add_argument("--vocab", type=int, default=None, help="tokenizer vocabulary (default 8192; smoke 384)")
     ap.add_argument("--dp", choices=("auto", "on", "off"), default="auto",
-                    help="data-parallel sweep: auto = when 2 GPUs are visible")
-    ap.add_argument("--dp-examples", type=int, default=96)
-    ap.add_argument("--dp-batch", type=int, default=8)
-    ap.add_argument("--dp-new-tokens", type=int, default=64)
-    ap.add_argument("--dp-timeout", type=float, default=240)
+                    help="data-parallel sweep (default: auto = when 2 GPUs are visible)")
+    ap.add_argument("--dp-examples", type=int, default=96, help="examples of the data-parallel sweep (default: 96)")
+    ap.add_argument("--dp-batch", type=int, default=8, help="batch size of the data-parallel sweep (default: 8)")
+    ap.add_argument("--dp-new-tokens", type=int, default=64,
+                    help="new tokens per example in the data-parallel sweep (default: 64)")
+    ap.add_argument("--dp-timeout", type=float, default=240,
+                    help="seconds before the data-parallel sweep is stopped (default: 240)")
     ap.add_argument("--eager-profile", choices=("auto", "on", "off"), default="auto",
                     help="also profile the plain and fast engines' SpecDecode rounds at batch 1 on one request "
-                         "(auto = on a GPU)")
+                         "(default: auto = on a GPU)")
     ap.add_argument("--compile-reserve-s", type=float, default=60,
-                    help="start a torch.compile configuration only with this much budget left")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="start a torch.compile configuration only with this much budget left (default: 60)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the prompts and decodes (default: 0)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="measure nothing: recompute the targets of a finished run's JSON and rewrite it and "
-                         "its markdown (after a change to the summary; the measurements are left untouched)")
+                         "its markdown after a change to the summary, leaving the measurements untouched "
+                         "(default: measure)")
     return ap
 
 

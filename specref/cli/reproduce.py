@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> No
                    help="zoo task: translation (default), summarization, reasoning, or 'all' (every zoo pair)")
     g.add_argument("--pair", default=None, help="zoo pair (default: the task's pair)")
     g.add_argument("--config", default=None, metavar="YAML",
-                   help="a paper setup from configs/paper/*.yaml instead of a zoo pair")
+                   help="a paper setup from configs/paper/*.yaml instead of a zoo pair (default: the zoo pair)")
     g.add_argument("--standin", action="store_true",
                    help="replace the models by tiny random-init ones (pipeline check; numbers are meaningless)")
     g.add_argument("--full", action="store_true",
@@ -96,7 +96,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--procs", type=positive_int, default=1, metavar="N",
                    help="run the sweep data-parallel in N processes through torchrun (one per GPU with --device "
                         "cuda; gloo processes on a CPU); rows and summaries equal a one-process run's except "
-                        "wall-clock columns. Same as `torchrun --nproc_per_node N -m specref.repro.distributed`")
+                        "wall-clock columns. Same as `torchrun --nproc_per_node N -m specref.repro.distributed` "
+                        "(default: 1, no torchrun)")
     p.set_defaults(func=run)
 
 
