@@ -5,6 +5,11 @@ Every rule reads the UNtempered pair ``(q_rule, p_rule)`` for its decision and m
 ``[...]`` for whole-position rules and ``[..., V]`` for token-specific ones. ``defer = 1`` means "use the
 target". Strict ``<`` defers; equality keeps the draft.
 
+Alpha (THEORY.md sections 3-4): every rule whose decision reads a lenience takes ``alpha`` and has no default
+(:data:`ALPHA_MEANING` says what it means for each); ``target``, ``draft`` and ``specdecode`` refuse one. An
+alpha outside a rule's useful range, where the rule always or never defers, is allowed (sweeps use the
+limits) but warns (:func:`alpha_regime`).
+
 Use :func:`get` to build a rule by name::
 
     rule = specref.rules.get("token_v3", alpha=0.3)
@@ -14,6 +19,7 @@ Use :func:`get` to build a rule by name::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,10 +31,12 @@ from specref import genspec
 from specref.dists import check_distribution, check_same_vocab, normalize, tv
 
 __all__ = [
+    "ALPHA_MEANING",
     "NAMES",
     "DeferralHead",
     "Rule",
     "RuleOutput",
+    "alpha_regime",
     "get",
     "register",
 ]
@@ -54,6 +62,77 @@ class RuleOutput:
         """Probability ``[...]`` that a draft ``v ~ q`` is rejected at each position."""
         return genspec.rejection_rate(q, self.accept)
 
+# ---- what alpha means, per rule and per sequential baseline -------------------------------------------
+
+#: What ``alpha`` means for every method that takes one, with its useful range (the message of a missing
+#: alpha). The sequential baselines of :mod:`specref.decode.baselines` are listed too, so the whole
+#: convention lives here.
+ALPHA_MEANING: dict[str, str] = {
+    "lossy": "accept a draft v with min(1, p(v) / ((1 - alpha) q(v))); alpha in [0, 1)",
+    "ensemble": "pi = (1 - alpha) p + alpha q, i.e. alpha = 1 - weight; alpha in [0, 1] (or pass weight)",
+    "chow": "defer iff max q < 1 - alpha; useful range [0, 1)",
+    "diff": "defer iff max q < max p - alpha; useful range (-1, 1)",
+    "opt": "defer iff max q < max p - alpha * TV(p, q); useful range [-1, 1)",
+    "token_v1": "defer v iff q(v) < max p - alpha; useful range (-1, 1)",
+    "token_v2": "defer v iff p(v) < max p - alpha; useful range [0, 1)",
+    "token_v3": "defer v iff p(v) < (1 - alpha) max p; useful range [0, 1)",
+    "learned": "cascade head: defer iff loss_q > loss_p + alpha * TV(p, q); token head: defer v iff "
+    "score(v) < max score - alpha",
+    "token_cascade": "defer iff max q < 1 - alpha; useful range [0, 1)",
+    "seq_cascade": "defer a row iff its draft confidence < log(1 - alpha); alpha < 1 (or pass threshold)",
+    "bild": "fall back to the target iff max q < 1 - alpha (or pass fallback); useful range [0, 1)",
+}
+
+# (always defers, never defers) as conditions on alpha, derived from the rule's formula and the facts
+# 1/V <= max q, max p <= 1, 0 <= TV <= 1 and |max p - max q| <= TV (THEORY.md sections 2-4).
+_ALPHA_LIMITS: dict[str, tuple[Callable[[float], bool], Callable[[float], bool]]] = {
+    "ensemble": (lambda a: a == 0.0, lambda a: a == 1.0),
+    "chow": (lambda a: a < 0.0, lambda a: a >= 1.0),
+    "diff": (lambda a: a <= -1.0, lambda a: a >= 1.0),
+    "opt": (lambda a: a < -1.0, lambda a: a >= 1.0),
+    "token_v1": (lambda a: a <= -1.0, lambda a: a >= 1.0),
+    "token_v2": (lambda a: a < 0.0, lambda a: a >= 1.0),
+    "token_v3": (lambda a: a < 0.0, lambda a: a >= 1.0),
+    "token_cascade": (lambda a: a < 0.0, lambda a: a >= 1.0),
+    "seq_cascade": (lambda a: a < 0.0, lambda a: False),
+    "bild": (lambda a: a < 0.0, lambda a: a >= 1.0),
+}
+
+
+def alpha_regime(name: str, alpha: float | None) -> str | None:
+    """``"always"`` / ``"never"`` when ``alpha`` makes method ``name`` always / never defer, else None.
+
+    The limits hold for every pair of distributions (OPT's: when it reads the pair it samples, i.e. T = 1
+    without top-k / top-p). Learned rules have none: their range depends on the head's estimates.
+    """
+    limits = _ALPHA_LIMITS.get(name)
+    if limits is None or alpha is None or math.isnan(alpha):
+        return None
+    if limits[0](alpha):
+        return "always"
+    if limits[1](alpha):
+        return "never"
+    return None
+
+
+def warn_degenerate_alpha(name: str, alpha: float | None, stacklevel: int = 3) -> None:
+    """``warnings.warn`` when ``alpha`` makes ``name`` always or never defer (allowed: sweeps use limits)."""
+    regime = alpha_regime(name, alpha)
+    if regime is None:
+        return
+    what = (
+        "always defers (it decodes as SpecDecode / the target)"
+        if regime == "always"
+        else "never defers (it decodes as the draft alone)"
+    )
+    warnings.warn(f"{name} with alpha={alpha!r} {what}: {ALPHA_MEANING[name]}", stacklevel=stacklevel)
+
+
+def missing_alpha_error(name: str) -> ValueError:
+    """The error of a method that needs alpha and got none."""
+    return ValueError(f"{name} needs alpha ({ALPHA_MEANING[name]}); there is no default")
+
+
 
 class Rule:
     """Base class. Subclasses implement :meth:`decide`; whole-position rules mix ``(1 - r) q + r p``."""
@@ -62,9 +141,20 @@ class Rule:
     token_level: bool = False
     #: False only for draft-only decoding, which never needs the target's distribution.
     needs_target: bool = True
+    #: True: alpha is required (no default); False: alpha is refused; None (custom rules): optional.
+    takes_alpha: bool | None = None
 
-    def __init__(self, alpha: float = 0.0) -> None:
+    def __init__(self, alpha: float | None = None) -> None:
+        if alpha is None:
+            if self.takes_alpha:
+                raise missing_alpha_error(self.name)
+            self.alpha: float | None = None
+            return
+        if self.takes_alpha is False:
+            raise ValueError(f"rule {self.name!r} takes no alpha, got alpha={alpha!r}")
         self.alpha = _check_alpha(alpha, self.name)
+        if self.takes_alpha:
+            warn_degenerate_alpha(self.name, self.alpha, stacklevel=4)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(alpha={self.alpha!r})"
@@ -139,6 +229,7 @@ class TargetRule(Rule):
     """pi = p. As a decoding method, ``target`` means target-only decoding (no drafts)."""
 
     name = "target"
+    takes_alpha = False
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device)
@@ -155,6 +246,7 @@ class DraftRule(Rule):
 
     name = "draft"
     needs_target = False
+    takes_alpha = False
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
@@ -167,15 +259,21 @@ class EnsembleRule(Rule):
     """
 
     name = "ensemble"
+    takes_alpha = True
 
     def __init__(self, alpha: float | None = None, weight: float | None = None) -> None:
-        if (alpha is None) == (weight is None):
+        if alpha is None and weight is None:
+            raise missing_alpha_error(self.name)
+        if alpha is not None and weight is not None:
             raise ValueError("ensemble takes exactly one of weight (on the target) or alpha (= 1 - weight)")
         w = 1.0 - _check_alpha(alpha, self.name) if weight is None else _as_float(weight)
         if not (0.0 <= w <= 1.0):
             raise ValueError(f"ensemble weight must be in [0, 1], got {w if weight is None else weight!r}")
         self.weight = w
         super().__init__(1.0 - w)
+
+    def __repr__(self) -> str:
+        return f"EnsembleRule(weight={self.weight!r}, alpha={self.alpha!r})"
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return torch.full(q.shape[:-1], self.weight, dtype=q.dtype, device=q.device)
@@ -193,8 +291,9 @@ class LossyRule(Rule):
 
     name = "lossy"
     token_level = True
+    takes_alpha = True
 
-    def __init__(self, alpha: float = 0.0, beta: float = 1.0) -> None:
+    def __init__(self, alpha: float | None = None, beta: float = 1.0) -> None:
         super().__init__(alpha)
         if not (0.0 <= self.alpha < 1.0):
             raise ValueError(f"lossy alpha must be in [0, 1), got {alpha!r}")
@@ -202,6 +301,9 @@ class LossyRule(Rule):
         if not (0.0 <= b <= 1.0):
             raise ValueError(f"lossy beta must be in [0, 1], got {beta!r}")
         self.beta = b
+        if self.alpha == 0.0 and b == 1.0:
+            # accept min(1, p/q), residual norm(max(0, p - q)): Leviathan et al.'s lossless test
+            warnings.warn("lossy with alpha=0 and beta=1 is exactly SpecDecode (always defers)", stacklevel=2)
 
     def __repr__(self) -> str:
         return f"LossyRule(alpha={self.alpha!r}, beta={self.beta!r})"
@@ -234,6 +336,7 @@ class ChowRule(Rule):
     """Chow (Eq. 2): defer iff ``max_v q(v) < 1 - alpha``."""
 
     name = "chow"
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return _max(q_rule) < 1 - self.alpha
@@ -243,6 +346,7 @@ class DiffRule(Rule):
     """Diff (Eq. 5): defer iff ``max_v q(v) < max_v p(v) - alpha``."""
 
     name = "diff"
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return _max(q_rule) < _max(p_rule) - self.alpha
@@ -256,6 +360,7 @@ class OptRule(Rule):
     """
 
     name = "opt"
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         d = tv(p, q)
@@ -272,6 +377,7 @@ class TokenV1Rule(Rule):
 
     name = "token_v1"
     token_level = True
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return q_rule < (_max(p_rule) - self.alpha).unsqueeze(-1)
@@ -282,6 +388,7 @@ class TokenV2Rule(Rule):
 
     name = "token_v2"
     token_level = True
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         return p_rule < (_max(p_rule) - self.alpha).unsqueeze(-1)
@@ -296,6 +403,7 @@ class TokenV3Rule(Rule):
 
     name = "token_v3"
     token_level = True
+    takes_alpha = True
 
     def decide(self, q_rule, p_rule, q, p, features=None):
         threshold = _max(p_rule)
@@ -327,15 +435,16 @@ class LearnedRule(Rule):
     """Defers with a learned estimator of the expected losses (cascade) or token correctness (token)."""
 
     name = "learned"
+    takes_alpha = True
 
-    def __init__(self, head: DeferralHead, alpha: float = 0.0) -> None:
-        super().__init__(alpha)
+    def __init__(self, head: DeferralHead, alpha: float | None = None) -> None:
         kind = getattr(head, "kind", None)
         if kind not in ("cascade", "token") or not callable(getattr(head, "estimate", None)):
             raise ValueError(
                 "learned rule needs a head with kind 'cascade' or 'token' and an estimate(...) method, "
                 f"got {type(head).__name__}"
             )
+        super().__init__(alpha)
         self.head = head
         self.token_level = kind == "token"
 
@@ -372,7 +481,7 @@ _REGISTRY: dict[str, Callable[..., Rule]] = {
     "learned": LearnedRule,
 }
 
-#: Rules whose behaviour does not depend on alpha (``get`` accepts and ignores none for them).
+#: Rules whose behaviour does not depend on alpha (``get`` refuses one for them).
 _NO_ALPHA = {"target", "draft", "specdecode"}
 
 
@@ -391,10 +500,10 @@ def register(name: str, factory: Callable[..., Rule]) -> None:
 def get(name: str, alpha: float | None = None, **options: Any) -> Rule:
     """Build the rule ``name`` with lenience ``alpha`` and rule-specific options.
 
-    ``target``, ``draft`` and ``specdecode`` take no alpha. ``lossy`` takes ``alpha`` in [0, 1) and
-    ``beta`` (default 1); ``ensemble`` takes ``weight`` (or ``alpha = 1 - weight``); ``learned`` takes
-    ``head``. Every other rule takes ``alpha`` (default 0); +-inf are allowed and give the limits
-    (``-inf``: SpecDecode; ``+inf``: draft-only).
+    ``target``, ``draft`` and ``specdecode`` take no alpha. Every other rule needs one (no default; see
+    :data:`ALPHA_MEANING`): ``lossy`` in [0, 1), with ``beta`` (default 1); ``ensemble`` takes ``weight``
+    instead or ``alpha = 1 - weight``; ``learned`` takes ``head``. +-inf are allowed and give the limits
+    (``-inf``: SpecDecode; ``+inf``: draft-only); an alpha that makes a rule always or never defer warns.
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown rule {name!r}; choose one of: {', '.join(_REGISTRY)}")
@@ -406,6 +515,6 @@ def get(name: str, alpha: float | None = None, **options: Any) -> Rule:
     if name == "ensemble":
         return factory(alpha=alpha, **options)
     try:
-        return factory(alpha=0.0 if alpha is None else alpha, **options)
+        return factory(alpha=alpha, **options)
     except TypeError as err:
         raise ValueError(f"bad options for rule {name!r}: {err}") from None

@@ -67,7 +67,7 @@ def test_generate_prints_text_and_statistics(saved, capsys, family):
     [
         ("specdecode", ["--bonus", "target"]),
         ("bild", ["--fallback", "0.6"]),
-        ("seq_cascade", ["--aggregate", "quantile", "--quantile", "0.2"]),
+        ("seq_cascade", ["--alpha", "0.3", "--aggregate", "quantile", "--quantile", "0.2"]),
         ("target", []),
         ("token_cascade", ["--alpha", "0.3"]),
     ],
@@ -107,6 +107,8 @@ def test_generate_is_reproducible(saved, capsys):
         saved["llama", "draft"],
         "--target",
         saved["llama", "target"],
+        "--alpha",
+        "0.3",
         "--prompt",
         "c d",
         "--max-new-tokens",

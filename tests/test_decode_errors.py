@@ -44,7 +44,7 @@ def test_padded_vocabulary_is_masked_with_a_tokenizer():
     for kw in ({"tokenizer": tok}, {"tokenizer": tok, "draft_tokenizer": tok}, {"vocab_size": 8}):
         d = make_decoder(draft, target, "specdecode", gamma=2, **kw)
         assert d.vocab == 8
-        out = d.generate(IDS, MASK, max_new_tokens=10, seed=0)
+        out = d.generate(IDS, MASK, max_new_tokens=10, seed=0, no_eos=True)
         assert out.sequences.max() < 8 and out.sequences.min() >= 0
     single = make_decoder(draft, target, "target", tokenizer=tok)
     assert single.generate(IDS, MASK, max_new_tokens=5).sequences.max() < 8
@@ -184,7 +184,8 @@ def test_bad_prompts(dec, ids, mask, match):
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": math.nan}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
-        ({"top_k": 0}, "top_k"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"seed": [1, 2, 3]}, "seed list"),
@@ -222,7 +223,7 @@ def test_bad_generate_arguments(dec, kw, match):
         ("seq_cascade", 0.3, {"quantile": 2.0}, "quantile"),
         ("seq_cascade", 1.0, {}, "alpha must be < 1"),
         ("seq_cascade", 0.3, {"threshold": -1.0}, "either alpha or threshold"),
-        ("bild", None, {"rollback": -1.0}, "rollback"),
+        ("bild", 0.3, {"rollback": -1.0}, "rollback"),
         ("bild", 0.3, {"fallback": 0.5}, "either alpha"),
         ("learned", 0.3, {}, "head"),
         ("learned", 0.3, {"head": object()}, "head"),

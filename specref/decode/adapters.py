@@ -20,8 +20,11 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from specref.decode.kvcache import PreallocSlotTable, SlotCache, SlotTable
+from specref.defaults import ENGINES, STATIC_ENGINES
 
 __all__ = [
+    "ENGINES",
+    "STATIC_ENGINES",
     "SUPPORTED_CAUSAL",
     "SUPPORTED_SEQ2SEQ",
     "ForwardOut",
@@ -51,12 +54,11 @@ SUPPORTED_CAUSAL = frozenset(
         "smollm3",
     }
 )
-#: Decoding engines (see docs/performance.md): ``plain`` is the reference path; ``fast`` preallocates the slot
-#: tables and trims per-step work (identical outputs); the static engines keep every shape fixed (slot
-#: tables and KV buffers of one capacity, masks over the whole capacity) so that a forward can be replayed
-#: as a CUDA graph (``graph``) and/or compiled with ``torch.compile`` (``compile``, ``compile-graph``).
-ENGINES = ("plain", "fast", "static", "graph", "compile", "compile-graph")
-STATIC_ENGINES = ("static", "graph", "compile", "compile-graph")
+# Decoding engines (ENGINES, STATIC_ENGINES in specref.defaults; see docs/performance.md): ``plain`` is the
+# reference path; ``fast`` preallocates the slot tables and trims per-step work (identical outputs); the
+# static engines keep every shape fixed (slot tables and KV buffers of one capacity, masks over the whole
+# capacity) so that a forward can be replayed as a CUDA graph (``graph``) and/or compiled with
+# ``torch.compile`` (``compile``, ``compile-graph``).
 
 #: Encoder-decoder families (relative position bias: run with contiguous caches).
 SUPPORTED_SEQ2SEQ = frozenset({"t5", "mt5"})

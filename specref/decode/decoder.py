@@ -2,9 +2,13 @@
 
 Build one with :func:`make_decoder` (any method by name) or :class:`SpecCascadeDecoder` (any rule)::
 
-    dec = make_decoder(draft_model, target_model, "token_v3", alpha=0.3, gamma=5)
+    dec = make_decoder(draft_model, target_model, "token_v3", alpha=0.3, gamma=5, tokenizer=tok)
     out = dec.generate(input_ids, attention_mask, max_new_tokens=64, temperature=1.0, seed=0)
     out.sequences, out.lengths, out.stats.summary()
+
+``generate`` follows transformers' conventions: ``generation_config=`` (a ``GenerationConfig``) and/or its
+kwargs (``do_sample``, ``max_new_tokens`` / ``max_length``, ``temperature``, ``top_k``, ``top_p``,
+``eos_token_id``); EOS defaults to every EOS id of the target's generation config and the tokenizer.
 
 A round, for every row at once (THEORY.md section 7):
 
@@ -33,9 +37,19 @@ import torch
 from torch import Tensor
 
 from specref import rules as rules_mod
-from specref.decode.adapters import ENGINES, STATIC_ENGINES, ModelAdapter, Session, check_prompts, shared_vocab_size
+from specref.decode.adapters import ModelAdapter, Session, check_prompts, shared_vocab_size
 from specref.decode.fused import fused_kind, fused_verify
+from specref.decode.kvcache import available_bytes, kv_cache_bytes
 from specref.decode.stats import DecodeStats, RoundRecord, Timer, _Counters, entropy
+from specref.defaults import (
+    DEFAULT_GAMMA,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    ENGINES,
+    METHODS,
+    RULE_METHODS,
+    STATIC_ENGINES,
+)
 from specref.dists import probs_from_logits, sample_categorical, tv
 from specref.rng import _GOLDEN, STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, _srl, hash64, keyed_uniform
 from specref.verify import PAD, BlockUniforms, verify_block
@@ -50,10 +64,8 @@ __all__ = [
     "make_decoder",
 ]
 
-#: Methods that run the speculative round loop with a rule from :mod:`specref.rules`.
-RULE_METHODS = ("specdecode", "lossy", "ensemble", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "learned")
-#: Every method :func:`make_decoder` accepts.
-METHODS = ("target", "draft", *RULE_METHODS, "token_cascade", "seq_cascade", "bild")
+# METHODS (every method make_decoder accepts) and RULE_METHODS (those with a rule from specref.rules) live
+# in specref.defaults, importable without torch; they are re-exported here under their old names.
 
 
 class NonFiniteLogitsError(ValueError):
@@ -98,7 +110,8 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, in
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None:
-        top_k = _check_int("top_k", top_k, 1)
+        # transformers' convention: top_k = 0 turns the filter off
+        top_k = _check_int("top_k", top_k, 0) or None
     if top_p is not None:
         try:
             top_p = float(top_p)
@@ -133,6 +146,150 @@ def _eos(eos_token_id: Any, vocab: int, device: torch.device) -> Tensor:
         if e >= vocab:
             raise ValueError(f"eos_token_id {e} is outside the shared vocabulary of {vocab} tokens")
     return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+# ---- transformers' generation conventions -------------------------------------------------------------
+
+#: GenerationConfig fields generate() honours.
+_HONOURED = ("do_sample", "max_new_tokens", "max_length", "temperature", "top_k", "top_p", "eos_token_id")
+#: Fields that never change which tokens are sampled (bookkeeping, caching, output format, assistants).
+_HARMLESS = frozenset(
+    {
+        "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache", "cache_implementation",
+        "cache_config", "max_cache_len", "output_attentions", "output_hidden_states", "output_scores",
+        "output_logits", "return_dict_in_generate", "compile_config", "disable_compile", "low_memory",
+        "prefill_chunk_size", "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule",
+        "assistant_confidence_threshold", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+        "assistant_early_exit", "assistant_lookbehind", "target_lookbehind", "continuous_batching_config",
+        "early_stopping", "length_penalty", "transformers_version",
+    }
+)
+#: Fields that change decoding unless they hold their no-op value (a value, or a set of them).
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "num_beams": (1,), "num_beam_groups": (1,), "num_return_sequences": (1,), "repetition_penalty": (1.0,),
+    "encoder_repetition_penalty": (1.0,), "no_repeat_ngram_size": (0,), "encoder_no_repeat_ngram_size": (0,),
+    "min_length": (0,), "min_new_tokens": (0,), "typical_p": (1.0,), "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,), "min_p": (0.0,), "guidance_scale": (1.0,), "diversity_penalty": (0.0,),
+    "penalty_alpha": (0.0,), "renormalize_logits": (False,), "remove_invalid_values": (False,),
+    "token_healing": (False,), "bad_words_ids": ([],), "suppress_tokens": ([],), "begin_suppress_tokens": ([],),
+    "sequence_bias": ({},), "use_mtp": (False,),
+}
+
+
+@dataclass
+class _Generation:
+    """Resolved generation settings of one ``generate`` call."""
+
+    max_new: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    #: explicit EOS ids (None: use the decoder's defaults; [] with ``no_eos``)
+    eos: Any
+
+
+def _generation_fields(generation_config: Any) -> dict[str, Any]:
+    """The fields a ``GenerationConfig`` sets (transformers 5 leaves every unset field None)."""
+    from transformers import GenerationConfig
+
+    if not isinstance(generation_config, GenerationConfig):
+        raise ValueError(
+            f"generation_config must be a transformers GenerationConfig, got {type(generation_config).__name__}"
+        )
+    return {
+        k: v
+        for k, v in generation_config.to_dict().items()
+        if v is not None and not k.startswith("_") and k not in _HARMLESS
+    }
+
+
+def _refuse_unsupported(fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        if name in _HONOURED or name in _HARMLESS:
+            continue
+        if name in _NEUTRAL and any(value == ok for ok in _NEUTRAL[name]):
+            continue
+        raise ValueError(
+            f"{name}={value!r} changes decoding and specref's decoder does not implement it; it honours "
+            f"{', '.join(_HONOURED)}"
+        )
+
+
+def resolve_generation(
+    generation_config: Any,
+    given: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    prompt_width: int,
+    seq2seq: bool,
+    no_eos: bool,
+) -> _Generation:
+    """transformers' rules for the settings of one call; ``given`` are generate()'s own keyword arguments
+    (None = not given) and ``extra`` any other GenerationConfig field passed as a keyword.
+
+    Keywords override the config (as ``generate(**kwargs)`` updates it in transformers). ``do_sample=False``
+    is greedy (T = 0); ``top_k`` of 0 is off; ``max_length`` counts the prompt's (padded) width for causal
+    models and the decoder's start token for seq2seq ones, as in transformers. Fields that would change
+    decoding and are not implemented (``repetition_penalty``, ``num_beams > 1``, ...) are refused.
+    """
+    from transformers import GenerationConfig
+
+    fields = {} if generation_config is None else _generation_fields(generation_config)
+    known = set(GenerationConfig().to_dict())
+    for name in extra:
+        if name not in known:
+            raise ValueError(f"generate() got an unknown argument {name!r}")
+    kw = {k: v for k, v in {**extra, **given}.items() if v is not None and k not in _HARMLESS}
+    # a keyword length replaces the config's length of either kind
+    if "max_new_tokens" in kw or "max_length" in kw:
+        fields.pop("max_new_tokens", None)
+        fields.pop("max_length", None)
+    fields.update(kw)
+    _refuse_unsupported(fields)
+    if "max_new_tokens" in fields and "max_length" in fields:
+        raise ValueError(
+            f"give max_new_tokens or max_length, not both (got {fields['max_new_tokens']!r} and "
+            f"{fields['max_length']!r})"
+        )
+    if "max_length" in fields:
+        length = _check_int("max_length", fields["max_length"], 1)
+        # transformers: causal max_length counts input_ids.shape[-1]; seq2seq, the decoder start token
+        used = 1 if seq2seq else prompt_width
+        what = "the decoder start token" if seq2seq else f"a prompt of width {prompt_width}"
+        if length - used < 1:
+            raise ValueError(f"max_length={length} leaves no room for new tokens after {what}")
+        max_new = length - used
+    else:
+        max_new = _check_int("max_new_tokens", fields.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), 1)
+    do_sample = fields.get("do_sample")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
+    if do_sample is False:
+        temperature: Any = 0.0  # greedy: the temperature and filters cannot change an argmax
+    else:
+        temperature = fields.get("temperature", DEFAULT_TEMPERATURE)
+        if do_sample is True and isinstance(temperature, numbers.Real) and temperature == 0:
+            raise ValueError("do_sample=True needs temperature > 0 (temperature=0 is greedy: pass do_sample=False)")
+    t, k, p = _check_sampling(temperature, fields.get("top_k"), fields.get("top_p"))
+    eos = fields.get("eos_token_id")
+    if no_eos:
+        if given.get("eos_token_id") is not None:
+            raise ValueError(f"no_eos=True turns EOS off; do not also pass eos_token_id={given['eos_token_id']!r}")
+        eos = []
+    return _Generation(max_new, t, k, p, eos)
+
+
+def default_eos_ids(target_model: Any, tokenizers: Sequence[Any] = ()) -> list[int]:
+    """Every EOS id of the target's generation config (an int or a list) and of the tokenizers, in order,
+    without repeats."""
+    ids: list[int] = []
+    gc = getattr(target_model, "generation_config", None)
+    sources = [getattr(gc, "eos_token_id", None), *(getattr(t, "eos_token_id", None) for t in tokenizers)]
+    for src in sources:
+        for e in src if isinstance(src, (list, tuple)) else [src]:
+            if isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 0 and int(e) not in ids:
+                ids.append(int(e))
+    return ids
 
 
 # ---- per-call context and per-row state ---------------------------------------------------------------
@@ -244,8 +401,10 @@ class BaseDecoder:
     """Shared plumbing: model checks, argument validation, output buffers, timing, statistics.
 
     Subclasses implement :meth:`_run`. ``tokenizer`` / ``draft_tokenizer`` (optional) are checked for a
-    shared vocabulary; ``vocab_size`` overrides the inferred shared vocabulary; ``c`` is the draft/target
-    cost ratio used for modeled latency. ``engine`` (see ``docs/performance.md``): ``"plain"`` (the
+    shared vocabulary, and their EOS ids join the default EOS set; ``vocab_size`` overrides the inferred
+    shared vocabulary; ``c`` is the draft/target cost ratio used for modeled latency (None: the ratio of
+    per-step parameters, :func:`specref.decode.step_cost.step_cost_ratio`; the statistics say which).
+    ``engine`` (see ``docs/performance.md``): ``"plain"`` (the
     reference path), ``"fast"`` (preallocated slot tables, a leaner round, fused rule + verification;
     identical outputs), or a static-shape engine, ``"static"``, ``"graph"`` (CUDA graphs of the model
     forwards), ``"compile"`` / ``"compile-graph"`` (``torch.compile``), for causal models with the
@@ -267,7 +426,7 @@ class BaseDecoder:
         tokenizer: Any = None,
         draft_tokenizer: Any = None,
         vocab_size: int | None = None,
-        c: float = 0.0,
+        c: float | None = None,
         allow_untested: bool = False,
         engine: str = "plain",
     ) -> None:
@@ -281,7 +440,13 @@ class BaseDecoder:
                 f"draft is on {self.draft.device} but target on {self.target.device}; put both on one device"
             )
         self.vocab = shared_vocab_size(self.draft, self.target, tokenizer, draft_tokenizer, vocab_size)
-        self.c = _check_cost(c)
+        self.tokenizers = tuple(t for t in (tokenizer, draft_tokenizer) if t is not None)
+        if c is None:
+            from specref.decode.step_cost import step_cost_ratio
+
+            self.c, self.c_source = step_cost_ratio(draft, target), "params"
+        else:
+            self.c, self.c_source = _check_cost(c), "given"
         self.is_seq2seq = self.draft.is_seq2seq
         self.device = self.target.device
         if engine in STATIC_ENGINES:
@@ -299,6 +464,34 @@ class BaseDecoder:
 
     def _block(self) -> int:
         return 1
+
+    def _stat_params(self) -> dict[str, Any]:
+        """The method's parameters as printed by ``stats.summary()`` (alpha first)."""
+        return {"alpha": getattr(self, "alpha", None)}
+
+    def default_eos_ids(self) -> list[int]:
+        """EOS ids used when ``generate`` gets none: the target's generation config and the tokenizers'
+        (ids outside the shared vocabulary can never be sampled and are left out)."""
+        return [e for e in default_eos_ids(self.target.model, self.tokenizers) if e < self.vocab]
+
+    def _capacity(self, width: int, max_new: int) -> int:
+        """KV slots a session of this call preallocates (prompt, output, a few rounds of junk)."""
+        return width + max_new + 4 * (self._block() + 1) + 8
+
+    def _memory_check(self, input_ids: Tensor, max_new: int) -> None:
+        """Refuse before allocating when the KV caches and output buffers cannot fit in memory."""
+        batch, width = input_ids.shape
+        cap = self._capacity(width, max_new)
+        need = 2 * batch * (max_new + self._block() + 1) * 8  # output buffer and per-token scratch (int64)
+        for ad, used in ((self.draft, self.uses_draft), (self.target, self.uses_target)):
+            if used:
+                need += kv_cache_bytes(ad.config, batch, cap, ad.dtype.itemsize)
+        avail = available_bytes(self.device)
+        if avail is not None and need > avail:
+            raise ValueError(
+                f"max_new_tokens={max_new} needs about {need:,} bytes of KV cache for a batch of {batch} but "
+                f"{avail:,} bytes are available on {self.device}; lower max_new_tokens or the batch size"
+            )
 
     def _context_check(self, mask: Tensor, input_ids: Tensor, max_new: int) -> None:
         longest = int(mask.sum(dim=1).max())
@@ -323,31 +516,53 @@ class BaseDecoder:
         input_ids: Any,
         attention_mask: Any = None,
         *,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
+        generation_config: Any = None,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        seed: int | Sequence[int] = 0,
         eos_token_id: int | Sequence[int] | None = None,
+        no_eos: bool = False,
+        seed: int | Sequence[int] = 0,
         on_round: Callable[[RoundRecord], Any] | None = None,
         profiler: Any = None,
+        **generation_kwargs: Any,
     ) -> GenerateOutput:
         """Decode a batch of LEFT-padded prompts (seq2seq: encoder inputs).
 
+        Settings follow transformers' ``generate``: a ``generation_config`` (``GenerationConfig``) and/or its
+        keywords, the keywords winning. ``max_new_tokens`` (default 64) or ``max_length`` (causal: prompt
+        width + new tokens; seq2seq: decoder start token + new tokens); ``do_sample=False`` is greedy, as is
+        ``temperature=0``; ``top_k`` (0 or None: off), ``top_p`` (None or 1: off). ``eos_token_id`` (int or
+        list) ends a row (the EOS token is kept); when not given, every EOS id of the target's generation
+        config and of the tokenizers is used; ``no_eos=True`` turns EOS off. Other GenerationConfig fields
+        that change decoding (``repetition_penalty``, ``num_beams > 1``, ...) raise ``ValueError``.
+
         ``seed`` is an int (row i uses ``seed + i``) or one seed per row; a row's output depends only on its
-        prompt and its seed. ``temperature=0`` is greedy. ``eos_token_id`` (int or list) ends a row (the EOS
-        token is kept). ``on_round`` receives a :class:`RoundRecord` after every round. ``profiler`` (a
+        prompt and its seed. ``on_round`` receives a :class:`RoundRecord` after every round. ``profiler`` (a
         :class:`~specref.decode.profile.RoundProfiler`) records round and model-forward times.
         """
-        max_new = _check_int("max_new_tokens", max_new_tokens, 1)
-        t, k, p = _check_sampling(temperature, top_k, top_p)
+        if not isinstance(no_eos, bool):
+            raise ValueError(f"no_eos must be True or False, got {no_eos!r}")
         if on_round is not None and not callable(on_round):
             raise ValueError("on_round must be callable")
         ids, mask = check_prompts(input_ids, attention_mask, self.device, seq2seq=self.is_seq2seq)
+        given = {
+            "max_new_tokens": max_new_tokens, "max_length": max_length, "do_sample": do_sample,
+            "temperature": temperature, "top_k": top_k, "top_p": top_p, "eos_token_id": eos_token_id,
+        }
+        gen = resolve_generation(
+            generation_config, given, generation_kwargs, prompt_width=ids.shape[1], seq2seq=self.is_seq2seq,
+            no_eos=no_eos,
+        )
+        max_new = gen.max_new
         self._context_check(mask, ids, max_new)
+        self._memory_check(ids, max_new)
         seeds = _seeds(seed, ids.shape[0], self.device)
-        eos = _eos(eos_token_id, self.vocab, self.device)
-        ctx = _Ctx(self, ids, mask, max_new, t, k, p, seeds, eos, on_round, self._block())
+        eos = _eos(self.default_eos_ids() if gen.eos is None else gen.eos, self.vocab, self.device)
+        ctx = _Ctx(self, ids, mask, max_new, gen.temperature, gen.top_k, gen.top_p, seeds, eos, on_round, self._block())
         if profiler is not None:
             profiler.bind(self.device)
             ctx.profiler = profiler
@@ -360,11 +575,18 @@ class BaseDecoder:
         seq = ctx.out[:, :max_new].to("cpu")
         seq = torch.where(torch.arange(max_new).unsqueeze(0) < lengths.unsqueeze(1), seq, torch.full_like(seq, PAD))
         ctx.counters.tokens = ctx.lengths
+        settings = {
+            "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p, "max_new_tokens": max_new,
+            "eos_token_ids": eos.tolist(),
+        }
         stats = DecodeStats.from_counters(
             self.method,
             self.gamma,
             self.c,
             ctx.counters,
+            c_source=self.c_source,
+            params=self._stat_params(),
+            settings=settings,
             draft_forwards=ctx.draft_forwards,
             target_forwards=ctx.target_forwards,
             prefill_forwards=ctx.prefill_forwards,
@@ -377,7 +599,7 @@ class BaseDecoder:
     def _start(
         self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor, shift: Tensor | None = None
     ) -> tuple[Session, Tensor, Tensor]:
-        cap = ids.shape[1] + ctx.max_new + 4 * (self._block() + 1) + 8
+        cap = self._capacity(ids.shape[1], ctx.max_new)
         session, pending, pos = ad.start(
             ids, mask, self.vocab, cap, position_shift=shift, engine=self.engine, reserve=self._block()
         )
@@ -460,6 +682,17 @@ class SpecCascadeDecoder(BaseDecoder):
 
     def __repr__(self) -> str:
         return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
+
+    @property
+    def alpha(self) -> float | None:
+        return getattr(self.rule, "alpha", None)
+
+    def _stat_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"alpha": self.alpha}
+        for name in ("weight", "beta"):  # ensemble's weight, lossy's beta
+            if hasattr(self.rule, name):
+                out[name] = getattr(self.rule, name)
+        return out
 
     def _block(self) -> int:
         return self.gamma + 1
@@ -765,10 +998,14 @@ def make_decoder(
     target: Any,
     method: str | rules_mod.Rule = "specdecode",
     alpha: float | None = None,
-    gamma: int = 5,
+    gamma: int = DEFAULT_GAMMA,
     **options: Any,
 ) -> BaseDecoder:
     """Build the decoder for ``method`` (one of :data:`METHODS`, or a Rule object).
+
+    ``alpha`` is required by every method whose rule reads one (see :data:`specref.rules.ALPHA_MEANING`;
+    ``ensemble`` may take ``weight``, ``seq_cascade`` ``threshold`` and ``bild`` ``fallback`` instead) and
+    refused by ``target``, ``draft`` and ``specdecode``.
 
     Options by method (all also take ``tokenizer``, ``draft_tokenizer``, ``vocab_size``, ``c``, ``engine``):
 
@@ -778,8 +1015,9 @@ def make_decoder(
     * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
       ``max q < 1 - alpha``).
     * ``seq_cascade``: ``aggregate`` ("mean" | "sum" | "quantile"), ``quantile`` (in [0, 1]),
-      ``threshold`` (log-prob units; default ``log(1 - alpha)``).
-    * ``bild``: ``fallback`` (max-prob threshold; default ``1 - alpha``), ``rollback`` (nats, default 2.0).
+      ``threshold`` (log-prob units; ``log(1 - alpha)`` when alpha is given).
+    * ``bild``: ``fallback`` (max-prob threshold; ``1 - alpha`` when alpha is given), ``rollback`` (nats,
+      default 2.0).
     """
     from specref.decode import baselines
 
@@ -804,7 +1042,7 @@ def make_decoder(
     if method == "token_cascade":
         if options:
             raise ValueError(f"token_cascade takes only alpha, got {options}")
-        return baselines.TokenCascadeDecoder(draft, target, alpha=0.0 if alpha is None else alpha, **common)
+        return baselines.TokenCascadeDecoder(draft, target, alpha=alpha, **common)
     if method == "seq_cascade":
         return baselines.SeqCascadeDecoder(draft, target, alpha=alpha, **options, **common)
     return baselines.BiLDDecoder(draft, target, alpha=alpha, **options, **common)

@@ -18,6 +18,7 @@ forward the way ``DynamicCache``'s ``torch.cat`` does.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -25,7 +26,61 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-__all__ = ["SlotCache", "SlotLayer", "SlotTable"]
+__all__ = ["SlotCache", "SlotLayer", "SlotTable", "available_bytes", "kv_cache_bytes"]
+
+
+def _first_int(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def kv_cache_bytes(config: Any, batch: int, capacity: int, element_bytes: int) -> int:
+    """Bytes of the self-attention keys and values :class:`SlotCache` holds for ``batch`` rows of ``capacity``
+    slots: ``2 * layers * batch * kv_heads * capacity * head_dim * element_bytes`` (decoder layers only for
+    an encoder-decoder; its cross-attention cache does not grow with the output). The slot tables add
+    ``batch * capacity`` booleans and positions, counted too."""
+    if getattr(config, "is_encoder_decoder", False):
+        layers = _first_int(config, "num_decoder_layers", "num_layers") or 1
+        heads = _first_int(config, "num_heads", "num_attention_heads") or 1
+        head_dim = _first_int(config, "d_kv", "head_dim") or 1
+    else:
+        layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers") or 1
+        q_heads = _first_int(config, "num_attention_heads", "n_head", "num_heads") or 1
+        heads = _first_int(config, "num_key_value_heads") or q_heads
+        hidden = _first_int(config, "hidden_size", "n_embd", "d_model") or q_heads
+        head_dim = _first_int(config, "head_dim") or max(hidden // q_heads, 1)
+    kv = 2 * layers * batch * heads * capacity * head_dim * element_bytes
+    return kv + batch * capacity * 9
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation on ``device`` can use: free GPU memory plus PyTorch's cached free blocks, or the
+    host's available memory (psutil if installed, else /proc/meminfo, else ``os.sysconf``); None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) + int(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def allocate_kv(layer: Any, key_states: Tensor, value_states: Tensor) -> None:

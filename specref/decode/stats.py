@@ -155,6 +155,12 @@ class DecodeStats:
         num_rounds: rounds of the whole batch.
         wall_time_s: wall time of the call (CUDA events on GPU).
         extra: method-specific per-row tensors (e.g. SeqCascade's ``seq_deferred`` and ``confidence``).
+        c_source: where ``c`` came from: ``"given"`` (passed to the decoder) or ``"params"`` (the ratio of
+            per-step parameters, the default).
+        params: the method's parameters: ``alpha`` (None for methods without one) and, where they apply,
+            ``weight`` (ensemble), ``beta`` (lossy), ``threshold`` / ``aggregate`` (seq_cascade),
+            ``fallback`` / ``rollback`` (bild).
+        settings: the call's ``temperature``, ``top_k``, ``top_p``, ``max_new_tokens`` and ``eos_token_ids``.
     """
 
     method: str
@@ -178,6 +184,9 @@ class DecodeStats:
     num_rounds: int
     wall_time_s: float
     extra: dict[str, Tensor] = field(default_factory=dict)
+    c_source: str = "given"
+    params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_counters(cls, method: str, gamma: int, c: float, cnt: _Counters, **batch: Any) -> DecodeStats:
@@ -256,8 +265,9 @@ class DecodeStats:
     def tokens_per_second(self) -> float:
         return self.total_tokens / self.wall_time_s if self.wall_time_s > 0 else float("nan")
 
-    def summary(self) -> dict[str, float]:
-        """Headline numbers as plain floats (for printing and JSON)."""
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers, then the parameters and settings they came from, as plain Python values (for
+        printing and JSON; docs/decoding.md lists every key)."""
         out = {
             "method": self.method,
             "rows": int(self.tokens.numel()),
@@ -273,10 +283,13 @@ class DecodeStats:
             "deferral_rate": self.deferral_rate,
             "rejection_rate": self.rejection_rate,
             "c": self.c,
+            "c_source": self.c_source,
             "modeled_relative_latency": self.modeled_latency,
         }
         if self.gamma:
             out["per_position_acceptance"] = [round(float(x), 4) for x in self.per_position_acceptance]
+        out.update({"alpha": None, **self.params})
+        out.update(self.settings)
         return out
 
     def row(self, i: int) -> dict[str, float]:
