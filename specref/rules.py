@@ -72,7 +72,7 @@ ALPHA_MEANING: dict[str, str] = {
     "ensemble": "pi = (1 - alpha) p + alpha q, i.e. alpha = 1 - weight; alpha in [0, 1] (or pass weight)",
     "chow": "defer iff max q < 1 - alpha; useful range [0, 1)",
     "diff": "defer iff max q < max p - alpha; useful range (-1, 1)",
-    "opt": "defer iff max q < max p - alpha * TV(p, q); useful range [-1, 1)",
+    "opt": "defer iff max q < max p - alpha * TV(p, q); useful range [-1, 1]",
     "token_v1": "defer v iff q(v) < max p - alpha; useful range (-1, 1)",
     "token_v2": "defer v iff p(v) < max p - alpha; useful range [0, 1)",
     "token_v3": "defer v iff p(v) < (1 - alpha) max p; useful range [0, 1)",
@@ -89,7 +89,8 @@ _ALPHA_LIMITS: dict[str, tuple[Callable[[float], bool], Callable[[float], bool]]
     "ensemble": (lambda a: a == 0.0, lambda a: a == 1.0),
     "chow": (lambda a: a < 0.0, lambda a: a >= 1.0),
     "diff": (lambda a: a <= -1.0, lambda a: a >= 1.0),
-    "opt": (lambda a: a < -1.0, lambda a: a >= 1.0),
+    # OPT at alpha = +-1 sits on |max p - max q| <= TV itself: only rounding decides, so the limits are open
+    "opt": (lambda a: a < -1.0, lambda a: a > 1.0),
     "token_v1": (lambda a: a <= -1.0, lambda a: a >= 1.0),
     "token_v2": (lambda a: a < 0.0, lambda a: a >= 1.0),
     "token_v3": (lambda a: a < 0.0, lambda a: a >= 1.0),

@@ -254,7 +254,7 @@ def test_engine_errors():
     with pytest.raises(ValueError, match="engine must be one of"):
         make_decoder(draft, target, "specdecode", engine="turbo")
     with pytest.raises(ValueError, match="speculative and single-model"):
-        make_decoder(draft, target, "bild", engine="static")
+        make_decoder(draft, target, "bild", alpha=0.3, engine="static")
     t5d, t5t = toy_pair("t5")
     with pytest.raises(ValueError, match="causal models"):
         make_decoder(t5d, t5t, "specdecode", engine="graph")
