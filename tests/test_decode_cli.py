@@ -107,6 +107,8 @@ def test_generate_is_reproducible(saved, capsys):
         saved["llama", "draft"],
         "--target",
         saved["llama", "target"],
+        "--rule",
+        "token_v3",
         "--alpha",
         "0.3",
         "--prompt",
@@ -125,25 +127,41 @@ def test_generate_is_reproducible(saved, capsys):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["--draft", "/nonexistent/model", "--target", "/nonexistent/model", "--prompt", "a"], "no model directory"),
+        (["--draft", "/nonexistent/model", "--target", "/nonexistent/model", "--prompt", "a"],
+         "draft '/nonexistent/model': no such file or folder"),
         (["--rule", "learned", "--prompt", "a"], "needs --head"),
-        (["--pair", "bible-en-es-t5", "--prompt", "a"], "zoo"),
-        (["--gamma", "0", "--prompt", "a"], "gamma"),
+        (["--rule", "target", "--bonus", "target", "--prompt", "a"], "--bonus only applies"),
+        (["--pair", "no-such-pair", "--prompt", "a"], "unknown zoo pair 'no-such-pair'"),
+        (["--pair", "bible-en-es-t5", "--draft", "bible-en-es-t5:draft", "--prompt", "a"], "not both"),
+        (["--draft", "bible-en-es-t5:tokenizer", "--target", "bible-en-es-t5:target", "--prompt", "a"],
+         "names the zoo pair's tokenizer, not a model"),
         ([], "--prompt"),
     ],
 )
 def test_generate_errors(saved, capsys, argv, match):
-    from specref.cli.generate import _zoo_attr
-
-    if "--pair" in argv and _zoo_attr("load_pair") is not None:
-        if _zoo_attr("is_built")("bible-en-es-t5"):
-            pytest.skip("the zoo pair is built: --pair works")
-        match = "not built"
     base = (
         []
         if ("--draft" in argv or "--pair" in argv)
         else ["--draft", saved["llama", "draft"], "--target", saved["llama", "target"]]
     )
-    code, _, err = run_cli(capsys, *base, *argv)
-    assert code == 2
-    assert match in err
+    code, out, err = run_cli(capsys, *base, *argv)
+    assert code == 2 and out == ""
+    assert match in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--gamma", "0"], "--gamma: must be an integer >= 1, got '0'"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens: must be an integer >= 1"),
+    (["--temperature", "nan"], "--temperature: expected a finite number"),
+    (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+    (["--top-k", "-2"], "--top-k: must be an integer >= 0"),
+    (["--cost-ratio", "-1"], "--cost-ratio: must be a finite number >= 0"),
+    (["--c", "-1"], "--c: must be a finite number >= 0"),
+    (["--engine", "turbo"], "invalid choice: 'turbo'"),
+    (["--dtype", "int8"], "invalid choice: 'int8'"),
+])
+def test_generate_refuses_bad_numbers_before_loading(capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--pair", "bible-en-es-t5", "--prompt", "a", *argv])
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
