@@ -69,7 +69,8 @@ class RuleOutput:
 #: convention lives here.
 ALPHA_MEANING: dict[str, str] = {
     "lossy": "accept a draft v with min(1, p(v) / ((1 - alpha) q(v))); alpha in [0, 1)",
-    "ensemble": "pi = (1 - alpha) p + alpha q, i.e. alpha = 1 - weight; alpha in [0, 1] (or pass weight)",
+    "ensemble": "pi = (1 - alpha) p + alpha q; it takes exactly one of weight (on the target) or alpha = 1 - "
+    "weight, in [0, 1]",
     "chow": "defer iff max q < 1 - alpha; useful range [0, 1)",
     "diff": "defer iff max q < max p - alpha; useful range (-1, 1)",
     "opt": "defer iff max q < max p - alpha * TV(p, q); useful range [-1, 1]",
