@@ -1,7 +1,17 @@
-"""Cost-quality plots (PNG, Agg backend): one curve per method, the target's and the draft's quality marked."""
+"""Cost-quality plots (PNG, Agg backend) in the form a paper figure takes.
+
+One curve per method and option set, its points joined in cost order and each labelled with its alpha;
+colours and markers by method family (SpecDecode greens, Token rules reds, Chow / Diff / OPT blues,
+sequential and other baselines greys / purples), so a family reads at a glance and each member by its marker.
+Error bars are +/-1 standard error of a point's quality: over seeds (the seed mean's) when there are >= 2,
+else the bootstrap over examples stored with the row (``quality_se``). The target's quality is a dashed line
+with its noise band shaded (the band "to match" is read against; :mod:`specref.repro.summary`), the draft's a
+dotted line. Axis and metric names are spelled out (BLEU, ROUGE-2, accuracy).
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -10,67 +20,148 @@ from typing import Any
 
 from specref.repro.methods import METHODS, order_key
 from specref.repro.report import context_title
+from specref.repro.store import atomic_write
 from specref.repro.summary import CONTEXT_COLUMNS, average_seeds, summarize
 
-__all__ = ["plot_cost_quality", "plot_settings"]
+__all__ = ["METRIC_NAMES", "metric_name", "plot_cost_quality", "plot_settings"]
 
 _AXIS_LABELS = {
-    "latency_model": "modeled latency relative to target-only",
-    "latency_wall": "wall-clock latency relative to target-only",
+    "latency_model": "modeled latency (relative to target-only)",
+    "latency_wall": "wall-clock latency (relative to target-only)",
     "target_calls_per_token": "target calls per emitted token",
-    "rejection_rate": "rejection rate",
+    "rejection_rate": "rejection rate of drafted tokens",
 }
-_MARKERS = "osD^v<>PXh*p"
+
+#: Display names of the metric keys the tasks report.
+METRIC_NAMES = {"bleu": "BLEU", "rouge2": "ROUGE-2", "rouge_2": "ROUGE-2", "accuracy": "accuracy (%)",
+                "acc": "accuracy (%)"}
+
+#: (colour, marker) per method: one hue family per method family.
+_STYLE: dict[str, tuple[str, str]] = {
+    "specdecode": ("#1b7837", "*"),
+    "lossy": ("#5aae61", "v"),
+    "chow": ("#08306b", "o"),
+    "diff": ("#2171b5", "s"),
+    "opt": ("#6baed6", "D"),
+    "token_v1": ("#fd8d3c", "^"),
+    "token_v2": ("#e6550d", "P"),
+    "token_v3": ("#a50f15", "o"),
+    "learned": ("#c51b8a", "X"),
+    "token_cascade": ("#525252", "<"),
+    "seq_cascade": ("#969696", ">"),
+    "bild": ("#6a51a3", "h"),
+    "ensemble": ("#9e9ac8", "p"),
+}
+_LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _style(method: str) -> dict[str, Any]:
-    import matplotlib
-
-    i = order_key(method)
-    cmap = matplotlib.colormaps["tab20"]
-    return {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
+def metric_name(key: str) -> str:
+    """Display name of a metric key ("bleu" -> "BLEU"); unknown keys unchanged."""
+    return METRIC_NAMES.get(str(key).lower(), str(key))
 
 
 def _finite(x: Any) -> bool:
-    return x is not None and not (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return False
+    return not (math.isnan(f) or math.isinf(f))
 
 
-def _draw(ax, rows: Sequence[Mapping[str, Any]], axis: str, title: str | None) -> None:
-    curves: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for r in rows:
+def _err(r: Mapping[str, Any]) -> float:
+    """+/-1 standard error of a seed-averaged point's quality (seeds when >= 2, else its bootstrap)."""
+    if int(r.get("seeds") or 1) >= 2 and _finite(r.get("quality_seed_se")):
+        return float(r["quality_seed_se"])
+    return float(r["quality_se"]) if _finite(r.get("quality_se")) else 0.0
+
+
+def _curve_label(method: str, options: str, n_options: int) -> str:
+    label = METHODS[method].label if method in METHODS else method
+    if n_options > 1 and options:
+        opts = options.strip("{}").replace('"', "").replace(":", " ").replace(",", ", ")
+        label += f" ({opts})"
+    return label
+
+
+def _alpha_text(alpha: Any) -> str:
+    return f"{float(alpha):g}" if _finite(alpha) else ""
+
+
+def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: str | None,
+          label_alphas: bool = True) -> None:
+    """One panel: every curve of ``avg`` (seed-averaged rows of one setting) on cost axis ``axis``."""
+    curves: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in avg:
         if _finite(r.get(axis)) and _finite(r.get("quality")):
-            curves[r["method"]].append(r)
-    metric = next((r["metric"] for r in rows if r.get("metric")), "quality")
-    for method in sorted(curves, key=order_key):
-        pts = sorted(curves[method], key=lambda r: (float(r[axis]), float(r["quality"])))
+            curves[(r["method"], r.get("options") or "")].append(r)
+    n_opts = defaultdict(int)
+    for method, _ in curves:
+        n_opts[method] += 1
+    metric = next((r["metric"] for r in avg if r.get("metric")), "quality")
+    if summary is not None and summary.noise.judged:
+        y, band = summary.target_quality, summary.noise.band(summary.z)
+        ax.axhspan(y - band, y + band, color="black", alpha=0.07, lw=0, zorder=0)
+    opt_index: dict[str, int] = defaultdict(int)
+    for method, options in sorted(curves, key=lambda k: (order_key(k[0]), k[1])):
+        pts = sorted(curves[(method, options)], key=lambda r: (float(r[axis]), -float(r["quality"])))
         xs = [float(r[axis]) for r in pts]
         ys = [float(r["quality"]) for r in pts]
-        label = METHODS[method].label if method in METHODS else method
-        st = _style(method)
+        es = [_err(r) for r in pts]
         if method == "target":
-            ax.axhline(ys[0], color="black", ls="--", lw=1, label=f"Target ({ys[0]:.2f})")
-            ax.plot(xs, ys, marker="*", ms=12, color="black", ls="none")
-        elif method == "draft":
-            ax.axhline(ys[0], color="grey", ls=":", lw=1, label=f"Draft ({ys[0]:.2f})")
-            ax.plot(xs, ys, marker="X", ms=9, color="grey", ls="none")
-        else:
-            ax.plot(xs, ys, label=label, lw=1.3, ms=5, **st)
+            ax.axhline(ys[0], color="black", ls="--", lw=1.1, zorder=1)
+            ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="*", ms=14, color="black", ls="none",
+                        capsize=3, zorder=4, label=f"Target ({ys[0]:.2f})")
+            continue
+        if method == "draft":
+            ax.axhline(ys[0], color="grey", ls=":", lw=1.1, zorder=1)
+            ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="X", ms=10, color="grey", ls="none",
+                        capsize=3, zorder=4, label=f"Draft ({ys[0]:.2f})")
+            continue
+        color, marker = _STYLE.get(method, ("#444444", "o"))
+        ls = _LINESTYLES[opt_index[method] % len(_LINESTYLES)]
+        opt_index[method] += 1
+        ax.errorbar(xs, ys, yerr=es if any(es) else None, color=color, marker=marker, ls=ls, lw=1.4,
+                    ms=11 if marker == "*" else 6.5, capsize=2.5, elinewidth=0.8, zorder=3,
+                    label=_curve_label(method, options, n_opts[method]))
+        if label_alphas:
+            for x, y, r in zip(xs, ys, pts):
+                text = _alpha_text(r.get("alpha"))
+                if text:
+                    ax.annotate(text, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                                color=color, zorder=5)
     if axis.startswith("latency"):
-        ax.axvline(1.0, color="black", lw=0.6, alpha=0.4)
-    ax.set_xlabel(_AXIS_LABELS.get(axis, axis))
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
+        ax.axvline(1.0, color="black", lw=0.7, alpha=0.4, zorder=0)
+    ax.set_xlabel(_AXIS_LABELS.get(axis, axis), fontsize=11)
+    ax.set_ylabel(metric_name(metric), fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.25)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=11)
+
+
+def _caption(summary: Any, seeds: int) -> str:
+    bars = ("error bars: +/-1 SE over seeds" if seeds >= 2 else
+            "error bars: +/-1 bootstrap SE over examples (one seed)")
+    if summary is None:
+        return bars
+    band = (f"shaded: target's noise band (+/-{summary.noise.band(summary.z):.2f})" if summary.noise.judged
+            else "target's noise band not judged")
+    return f"{bars}; {band}; numbers next to points: alpha"
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata={"Software": None})
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", metadata={"Software": None})
+    return atomic_write(path, buf.getvalue())
+
+
+def _setup_matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_cost_quality(
@@ -82,21 +173,20 @@ def plot_cost_quality(
 
     The rejection-rate panel is the paper's cost for Gemma; only speculative methods have drafts to reject.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _setup_matplotlib()
     avg = average_seeds(rows)
-    summaries = summarize(avg) if avg else []
-    title = context_title(summaries[0]) if summaries else None
-    fig, panels = plt.subplots(1, len(axes), figsize=(5.6 * len(axes), 4.4), squeeze=False)
+    summaries = summarize(rows) if rows else []
+    summary = summaries[0] if summaries else None
+    seeds = max((int(r.get("seeds") or 1) for r in avg), default=1)
+    fig, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 5.4), squeeze=False)
     for ax, axis in zip(panels[0], axes):
-        _draw(ax, avg, axis, None)
+        _draw(ax, avg, axis, summary, None)
     handles, labels = panels[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    ncol = min(len(labels), 5)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=10,
+               frameon=False)
+    title = context_title(summary) if summary is not None else ""
+    fig.suptitle(f"{title}\n{_caption(summary, seeds)}", fontsize=11)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -110,32 +200,34 @@ def plot_settings(
     axis: str = "latency_model",
 ) -> Path:
     """A robustness figure: one panel per value of ``vary`` (temperature, gamma or top_p)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if vary not in CONTEXT_COLUMNS:
         raise ValueError(f"cannot vary {vary!r}; choose one of {CONTEXT_COLUMNS}")
-    avg = average_seeds(rows)
-    values = sorted({r[vary] for r in avg}, key=lambda v: (v is None, v if v is not None else 0))
-    fig, panels = plt.subplots(1, len(values), figsize=(4.6 * len(values), 4.0), squeeze=False)
+    plt = _setup_matplotlib()
+    values = sorted({r[vary] for r in rows}, key=lambda v: (v is None, v if v is not None else 0))
+    fig, panels = plt.subplots(1, len(values), figsize=(5.2 * len(values), 4.8), squeeze=False)
+    seeds, first = 1, None
+    names = {"temperature": "T", "gamma": "gamma", "top_p": "top-p"}
     for ax, v in zip(panels[0], values):
-        sub = [r for r in avg if r[vary] == v]
-        _draw(ax, sub, axis, f"{vary} = {'none' if v is None else f'{v:g}'}")
-    from matplotlib.lines import Line2D
-
-    handles = {
-        "Target": Line2D([], [], color="black", ls="--", marker="*", ms=10),
-        "Draft": Line2D([], [], color="grey", ls=":", marker="X", ms=8),
-    }
+        sub = [r for r in rows if r[vary] == v]
+        avg = average_seeds(sub)
+        seeds = max(seeds, max((int(r.get("seeds") or 1) for r in avg), default=1))
+        summ = summarize(sub)
+        first = first or (summ[0] if summ else None)
+        value = "none" if v is None else f"{v:g}"
+        _draw(ax, avg, axis, summ[0] if summ else None, f"{names.get(vary, vary)} = {value}")
+    handles: dict[str, Any] = {}
     for ax in panels[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if not lab.startswith(("Target (", "Draft (")):
-                handles.setdefault(lab, h)
+            key = "Target" if lab.startswith("Target (") else "Draft" if lab.startswith("Draft (") else lab
+            handles.setdefault(key, h)
     labels = list(handles)
-    fig.legend([handles[k] for k in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               frameon=False)
+    fig.legend([handles[k] for k in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 6), fontsize=10, frameon=False)
+    if first is not None:
+        c = first.context
+        head = f"{c['task']} / {c['pair']}: {c['n_examples']} {c['split']} examples x {first.seeds} seed(s)"
+        fig.suptitle(f"{head}, varying {names.get(vary, vary)}\n{_caption(None, seeds)}; numbers next to "
+                     "points: alpha; shaded: target's noise band", fontsize=11)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

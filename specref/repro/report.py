@@ -1,14 +1,20 @@
-"""Printing and saving Table-2 summaries: a fixed-width table for the terminal, Markdown and a tidy CSV."""
+"""Printing and saving Table-2 summaries: a fixed-width table for the terminal, Markdown and a tidy CSV.
+
+Every table carries a footnote with the rule its "to match" column was read by (the target's noise band, an
+explicit tolerance, or "not judged"; :mod:`specref.repro.summary`), the noise estimate itself, and the
+modeled versus the measured step costs that explain why wall-clock speed-ups can fall below the modeled ones.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from specref.repro.methods import order_key
+from specref.repro.store import atomic_write
 from specref.repro.summary import Summary
 
 __all__ = ["format_summaries", "markdown_summaries", "write_summary_csv", "context_title"]
@@ -25,7 +31,9 @@ def _nan(x: float) -> bool:
     return x is None or math.isnan(x)
 
 
-def _match_cell(s, axis: str) -> str:
+def _match_cell(s, axis: str, judged: bool = True) -> str:
+    if not judged:
+        return "not judged"
     if _nan(s.cost_at_match):
         return "never"
     if axis.startswith("latency"):
@@ -41,8 +49,8 @@ def _best_cell(s) -> str:
 
 def context_title(summary: Summary) -> str:
     c = summary.context
-    top_p = "-" if c.get("top_p") is None else f"{c['top_p']:g}"
-    return (f"{c['task']} / {c['pair']}: T={c['temperature']:g}, gamma={c['gamma']}, top_p={top_p}, "
+    top_p = "no top-p" if c.get("top_p") is None else f"top_p={c['top_p']:g}"
+    return (f"{c['task']} / {c['pair']}: T={c['temperature']:g}, gamma={c['gamma']}, {top_p}, "
             f"{c['n_examples']} {c['split']} examples x {summary.seeds} seed(s), max_new_tokens={c['max_new_tokens']}")
 
 
@@ -74,19 +82,33 @@ def _rows(group: dict[str, Summary]) -> tuple[list[str], list[list[str]]]:
                 row += ["", ""]
                 continue
             row[1] = str(found[0].points)
-            row += [_match_cell(found[0], axis), _best_cell(found[0])]
+            row += [_match_cell(found[0], axis, group[axis].judged), _best_cell(found[0])]
         rows.append(row)
     return header, rows
 
 
+def match_rule_text(s: Summary) -> str:
+    """How the "to match" column was read, with the noise it was judged against."""
+    if s.match_rule == "tol":
+        return (f"'to match': speed-up over the target (latency change) at the cheapest point with quality >= "
+                f"target - {s.tol:g} = {s.match_level:.2f}, a tolerance given explicitly ({s.noise.text(s.z)}, "
+                f"not used) ('never' if none reaches it)")
+    if s.match_rule == "not judged":
+        return (f"'to match' not judged: {s.noise.detail} (a single seed's difference from the target can be "
+                "sampling noise)")
+    return (f"'to match': speed-up over the target (latency change) at the cheapest point whose quality is "
+            f"within the target's noise band, >= target - {s.z:g} x noise = {s.match_level:.2f} "
+            f"({s.noise.text(s.z)}; noise = standard error of a method's difference from the target) "
+            "('never' if none reaches it)")
+
+
 def _legend(s: Summary) -> str:
     rule = "linear interpolation between frontier points" if s.interpolate else "measured points only"
-    tol = f" - {s.tol:g}" if s.tol else ""
+    costs = f" Step costs: {s.costs.text()}." if s.costs is not None else ""
     return (f"target {s.metric} {s.target_quality:.2f}, draft {s.metric} {s.draft_quality:.2f}. model = "
             f"(target calls + c x draft calls) / target-only calls; wall = measured seconds / target-only seconds. "
-            f"'to match': speed-up over the target (latency change) at the cheapest point reaching the target's "
-            f"quality{tol} ('never' if none does); 'in budget': best quality (minus the target's) at latency <= "
-            f"the target's ('none' if every point is slower); {rule}.")
+            f"{match_rule_text(s)}; 'in budget': best quality (minus the target's) at latency <= "
+            f"the target's ('none' if every point is slower); {rule}.{costs}")
 
 
 def _line(cells: list[str], widths: list[int]) -> str:
@@ -128,31 +150,34 @@ SUMMARY_COLUMNS = (
     "task", "pair", "temperature", "gamma", "top_p", "split", "n_examples", "max_new_tokens", "seeds", "axis",
     "label", "method", "points", "cost_at_match", "reduction", "speedup", "best_quality", "best_delta",
     "metric", "target_quality", "draft_quality", "ref_cost", "tol", "interpolate",
+    # how (a) was read: match_rule noise / tol / not judged, at quality >= match_level
+    "match_rule", "match_level", "z", "noise_se", "noise_method",
+    # modeled and measured step costs of the setting
+    "cost_ratio", "cost_ratio_source", "cost_ratio_measured", "verify_cost_measured",
 )
 
 
 def write_summary_csv(path: str | Path, summaries: Sequence[Summary]) -> None:
-    """Tidy Table-2 CSV (one row per setting, axis and method), written atomically (temp + replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        w = csv.writer(handle, lineterminator="\n")
-        w.writerow(SUMMARY_COLUMNS)
-        for s in summaries:
-            for m in sorted(s.methods, key=lambda m: (order_key(m.method), m.label)):
-                ctx = s.context
-                w.writerow([
-                    ctx["task"], ctx["pair"], ctx["temperature"], ctx["gamma"],
-                    "" if ctx["top_p"] is None else ctx["top_p"], ctx["split"], ctx["n_examples"],
-                    ctx["max_new_tokens"], s.seeds, s.axis, m.label, m.method, m.points,
-                    *(_fmt(x) for x in (m.cost_at_match, m.reduction, m.speedup, m.best_quality, m.best_delta)),
-                    s.metric, *(_fmt(x) for x in (s.target_quality, s.draft_quality, s.ref_cost)), s.tol,
-                    int(s.interpolate),
-                ])
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Tidy Table-2 CSV (one row per setting, axis and method), written atomically (unique temp + replace)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for s in summaries:
+        costs = s.costs
+        for m in sorted(s.methods, key=lambda m: (order_key(m.method), m.label)):
+            ctx = s.context
+            w.writerow([
+                ctx["task"], ctx["pair"], ctx["temperature"], ctx["gamma"],
+                "" if ctx["top_p"] is None else ctx["top_p"], ctx["split"], ctx["n_examples"],
+                ctx["max_new_tokens"], s.seeds, s.axis, m.label, m.method, m.points,
+                *(_fmt(x) for x in (m.cost_at_match, m.reduction, m.speedup, m.best_quality, m.best_delta)),
+                s.metric, *(_fmt(x) for x in (s.target_quality, s.draft_quality, s.ref_cost)),
+                "" if s.tol is None else s.tol, int(s.interpolate),
+                s.match_rule, _fmt(s.match_level), s.z, _fmt(s.noise.se), s.noise.method,
+                *((_fmt(costs.c), costs.c_source, _fmt(costs.c_measured), _fmt(costs.verify_measured))
+                  if costs is not None else ("", "", "", "")),
+            ])
+    atomic_write(path, buf.getvalue())
 
 
 def _fmt(x: float) -> str:

@@ -11,6 +11,11 @@ Output folder layout (``out`` / ``<zoo pair or setup name>`` /):
 * ``cost_quality.png`` - the main setting's curves (modeled and wall-clock latency);
 * ``robustness_<factor>.png`` - one panel per temperature / gamma / top-p value, when swept;
 * ``run.json`` - the exact configuration of the last invocation.
+
+Every file is written atomically (a uniquely named temporary in the same folder, then ``os.replace``), and
+only inside the output folder. :func:`render` rewrites the summaries, claims and plots of an existing
+folder from its ``points.csv`` and ``run.json`` without decoding (``python -m specref.repro.reproduce
+--render DIR``), so committed results follow the current table rules.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from specref.repro.backend import Backend
 from specref.repro.methods import DEFAULT_METHODS, ROBUSTNESS_METHODS, get_method
 from specref.repro.runner import ROBUSTNESS, Point, RunInfo, RunReport, Setting, plan_points, run_points
 from specref.repro.setups import Setup
-from specref.repro.store import KEY_COLUMNS, PointStore, format_value, row_key
+from specref.repro.store import KEY_COLUMNS, PointStore, atomic_write, format_value, row_key
 from specref.repro.summary import COST_AXES, Summary, summarize
 
 __all__ = ["QUICK", "FULL", "ReproConfig", "ReproResult", "reproduce", "select_examples"]
@@ -66,7 +71,9 @@ class ReproConfig:
     batch_size: int | None = None
     cost_ratio: float | None = None
     axis: str | None = None
-    tol: float = 0.0
+    #: None: a method matches the target within the target's noise band (specref.repro.summary); a number:
+    #: at quality >= target - tol, as an explicit ``--match-tol`` asks
+    tol: float | None = None
     interpolate: bool = True
     progress: bool = True
     plots: bool = True
@@ -174,7 +181,7 @@ def reproduce(
     r = _resolved(setup, cfg, device)
     if r["axis"] not in COST_AXES:
         raise ValueError(f"unknown cost axis {r['axis']!r}; choose one of {COST_AXES}")
-    out_dir = Path(out) / setup.folder
+    out_dir = _inside(Path(out) / setup.folder, Path(out))
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = select_examples(setup.task.load(r["split"]), r["max_examples"])
     if not examples:
@@ -194,7 +201,7 @@ def reproduce(
     info = RunInfo(task=setup.task, pair=setup.pair, split=r["split"], examples=examples,
                    max_new_tokens=r["max_new_tokens"], batch_size=r["batch_size"], cost_ratio=c,
                    cost_ratio_source=c_source, version=__version__)
-    (out_dir / "run.json").write_text(json.dumps({
+    atomic_write(out_dir / "run.json", json.dumps({
         "setup": setup.name, "pair": setup.pair, "task": setup.task.name, "device": backend.device,
         "cost_ratio": c, "cost_ratio_source": c_source, "n_examples": len(examples),
         "example_ids": [str(e.id) for e in examples], "points": len(points),
@@ -204,18 +211,73 @@ def reproduce(
     report = run_points(backend, store, info, points, progress=cfg.progress)
     wanted = {row_key(info.key_fields(p)) for p in points}
     rows = [_with_cost_ratio(row, c) for row in store.read() if row_key(row) in wanted]
-    axes = [r["axis"]] + [a for a in ("latency_model", "latency_wall") if a != r["axis"]]
-    summaries = {a: summarize(rows, axis=a, tol=cfg.tol, interpolate=cfg.interpolate) for a in axes}
-    files = _write_outputs(out_dir, rows, summaries, parts, cfg.plots)
+    main = Setting(r["temperature"], r["gamma"], r["top_p"])
+    summaries, files, claims, table = render_outputs(
+        out_dir, rows, parts, main, r["axis"], cfg.tol, cfg.interpolate, cfg.plots,
+        f"{setup.task.name} / {setup.pair}")
+    return ReproResult(out_dir, rows, summaries, report, files, table, claims)
+
+
+def _inside(out_dir: Path, out: Path) -> Path:
+    """``out_dir`` if it lies inside ``out`` (a setup's folder name must not climb out of it)."""
+    root, target = out.resolve(), out_dir.resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"output folder {out_dir} is outside {out}; a setup's name must be a plain folder name")
+    return out_dir
+
+
+def render_outputs(out_dir: Path, rows: list[dict[str, Any]], parts: dict[str, list[Setting]], main: Setting,
+                   axis: str, tol: float | None, interpolate: bool, plots: bool,
+                   title: str) -> tuple[dict[str, list[Summary]], list[Path], list[Any], str]:
+    """Summaries, claims and plots of ``rows`` written into ``out_dir``: what :func:`reproduce` and
+    :func:`render` share. Returns (summaries per axis, files written, claims, the terminal table)."""
     from specref.repro.claims import check_claims, claims_markdown
     from specref.repro.report import format_summaries
 
-    claims = check_claims(rows, r["temperature"], r["gamma"], r["top_p"], axis=r["axis"]) if "main" in parts else []
+    axes = [axis] + [a for a in ("latency_model", "latency_wall") if a != axis]
+    summaries = {a: summarize(rows, axis=a, tol=tol, interpolate=interpolate) for a in axes}
+    files = _write_outputs(out_dir, rows, summaries, parts, plots)
+    claims = check_claims(rows, main.temperature, main.gamma, main.top_p, axis=axis, tol=tol) if "main" in parts else []
     if claims:
-        (out_dir / "claims.md").write_text(claims_markdown(claims, f"{setup.task.name} / {setup.pair}"))
-        files.append(out_dir / "claims.md")
-    table = format_summaries(summaries)
-    return ReproResult(out_dir, rows, summaries, report, files, table, claims)
+        files.append(atomic_write(out_dir / "claims.md", claims_markdown(claims, title)))
+    return summaries, files, claims, format_summaries(summaries)
+
+
+def render(out_dir: str | Path, tol: float | None = None, plots: bool = True) -> list[Path]:
+    """Rewrite ``summary.*``, ``claims.md`` and the plots of a finished output folder from its ``points.csv``
+    and ``run.json``, without decoding, under the current rules (``tol`` None: the noise band).
+
+    Rows are those of the run's example subset (``n_examples`` of ``run.json``); every seed counts.
+    """
+    out_dir = Path(out_dir)
+    meta_path, csv_path = out_dir / "run.json", out_dir / "points.csv"
+    for path in (meta_path, csv_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: render needs a folder written by reproduce")
+    try:
+        meta = json.loads(meta_path.read_text())
+        conf = meta["config"]
+        main = Setting(float(conf["temperature"]), int(conf["gamma"]), conf.get("top_p"))
+        sweep = conf.get("sweep", "main")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{meta_path}: not a reproduce run.json ({err})") from None
+    parts: dict[str, list[Setting]] = {}
+    if sweep in ("main", "all"):
+        parts["main"] = [main]
+    factors = list(ROBUSTNESS) if sweep in ("robustness", "all") else ([sweep] if sweep in ROBUSTNESS else [])
+    for f in factors:
+        parts[f] = list(ROBUSTNESS[f])
+    c = float(meta.get("cost_ratio", math.nan))
+    rows = [row for row in PointStore(csv_path).read()
+            if meta.get("n_examples") is None or row["n_examples"] == int(meta["n_examples"])]
+    if not math.isnan(c):
+        rows = [_with_cost_ratio(row, c) for row in rows]
+    if not rows:
+        raise ValueError(f"{csv_path} has no rows of the run's {meta.get('n_examples')} examples")
+    axis = conf.get("axis") or "latency_model"
+    _, files, _, _ = render_outputs(out_dir, rows, parts, main, axis, tol, bool(conf.get("interpolate", True)),
+                                    plots, f"{meta.get('task', rows[0]['task'])} / {meta.get('pair', rows[0]['pair'])}")
+    return files
 
 
 def _with_cost_ratio(row: dict[str, Any], c: float) -> dict[str, Any]:
@@ -239,10 +301,7 @@ def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], summaries: dict[st
 
     files = [out_dir / "points.csv"]
     write_summary_csv(out_dir / "summary.csv", [s for group in summaries.values() for s in group])
-    md = out_dir / "summary.md"
-    tmp = md.with_name("summary.md.tmp")
-    tmp.write_text(markdown_summaries(summaries))
-    tmp.replace(md)
+    md = atomic_write(out_dir / "summary.md", markdown_summaries(summaries))
     files += [out_dir / "summary.csv", md]
     if not plots:
         return files
@@ -272,3 +331,32 @@ def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], summaries: dict[st
 def key_of(point: Point, info: RunInfo) -> dict[str, Any]:
     """The key columns of ``point`` under ``info`` (exposed for notebooks and tests)."""
     return {c: info.key_fields(point)[c] for c in KEY_COLUMNS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m specref.repro.reproduce --render DIR [DIR ...]``: re-render finished output folders."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m specref.repro.reproduce",
+                                description="Re-render summaries, claims and plots from points.csv (no decoding).")
+    p.add_argument("--render", nargs="+", required=True, metavar="DIR", help="output folders written by reproduce")
+    p.add_argument("--match-tol", type=float, default=None,
+                   help="read 'to match' at target - tol instead of the noise band (default: the noise band)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    args = p.parse_args(argv)
+    if args.match_tol is not None and not args.match_tol >= 0:
+        print(f"{p.prog}: error: --match-tol must be >= 0, got {args.match_tol}", file=sys.stderr)
+        return 2
+    for folder in args.render:
+        try:
+            files = render(folder, tol=args.match_tol, plots=not args.no_plot)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            print(f"{p.prog}: error: {err}", file=sys.stderr)
+            return 2
+        print("wrote: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,15 @@ process on one warm machine, so each row's ``latency_wall`` divides by the targe
 the SAME process for the same examples and sampling setting. A resumed sweep therefore decodes target-only
 again before its first pending point of a setting (and checks that its predictions hash equals the stored
 one: a free determinism check). ``latency_model`` needs no timing and is identical across reruns.
+
+Why a bootstrap when a point is scored: one seed gives one number per point, and the only place that still
+has the predictions and the examples is here. Each row stores ``quality_se``, the standard deviation of the
+point's quality over :data:`N_BOOT` resamples of the examples with replacement (the corpus metric re-scored
+on every resample: for BLEU from sacreBLEU's per-sentence statistics, for per-example means from the
+per-example scores), and ``quality_diff_se``, the same for the point's quality minus the target-only
+baseline's on the same resamples (paired: 0 for the target itself), with ``noise_method`` "bootstrap" and
+``n_boot``. The resample indices come from a fixed seed (:data:`BOOT_SEED`), the same for every point of a
+run: rows are deterministic and comparable.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from specref.repro.methods import canonical_options, get_method
 from specref.repro.store import PointStore, row_key
 
 __all__ = [
+    "BOOT_SEED",
+    "N_BOOT",
     "ROBUSTNESS",
     "Point",
     "RunInfo",
@@ -33,6 +44,9 @@ __all__ = [
     "planned_decodes",
     "run_points",
     "predictions_sha",
+    "bootstrap_se",
+    "bootstrap_values",
+    "paired_bootstrap_se",
 ]
 
 
@@ -159,6 +173,105 @@ def predictions_sha(predictions: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
+#: Resamples of the examples per point, and the fixed seed of their indices (see the module docstring).
+N_BOOT = 1000
+BOOT_SEED = 20250101
+#: Resamples when the metric cannot be split into per-example statistics (every resample re-scores the corpus).
+N_BOOT_RESCORE = 200
+
+
+def _example_stats(task: Any, predictions: Sequence[str], examples: Sequence[Any],
+                   quality: float) -> tuple[Any, Callable[[Any], float]] | None:
+    """Per-example statistics ``[n, k]`` whose column sums give the corpus metric through ``combine``, or None
+    when the metric does not decompose (checked: ``combine`` of all examples must give ``quality``)."""
+    import numpy as np
+
+    metric = task.metric_name
+    if metric == "bleu":
+        try:
+            from sacrebleu.metrics import BLEU
+        except ImportError:  # pragma: no cover - eval extra missing: fall back to re-scoring
+            return None
+        corpus = BLEU()  # sacreBLEU's corpus defaults, as specref.tasks.metrics.bleu uses them
+        sentence = BLEU(effective_order=True)  # only its raw counts are read: smoothing does not enter
+        rows = []
+        for pred, ex in zip(predictions, examples):
+            sc = sentence.sentence_score(pred.strip(), [ex.reference])
+            rows.append([*sc.counts, *sc.totals, sc.sys_len, sc.ref_len])
+        stats = np.asarray(rows, dtype=np.int64)
+
+        def combine(col: Any) -> float:
+            c = [int(x) for x in col]
+            return float(BLEU.compute_bleu(c[0:4], c[4:8], c[8], c[9], smooth_method=corpus.smooth_method,
+                                           smooth_value=corpus.smooth_value).score)
+    else:  # per-example means (ROUGE-2 F1, accuracy): each example scored on its own by the task
+        stats = np.asarray([[float(task.score([pred], [ex])[metric]), 1.0] for pred, ex in zip(predictions, examples)])
+
+        def combine(col: Any) -> float:
+            return float(col[0] / col[1])
+
+    full = combine(stats.sum(axis=0))
+    if not math.isclose(full, quality, rel_tol=1e-9, abs_tol=1e-9):
+        return None
+    return stats, combine
+
+
+def bootstrap_values(task: Any, predictions: Sequence[str], examples: Sequence[Any], quality: float | None = None,
+                     n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Any:
+    """The task's metric on ``n_boot`` resamples of the examples with replacement (a float array).
+
+    The resample indices depend only on ``len(examples)``, the number of resamples and ``seed``, so two
+    prediction lists over the same examples are resampled identically (paired). When the metric cannot be
+    split into per-example statistics, every resample re-scores the corpus and at most
+    :data:`N_BOOT_RESCORE` resamples are drawn. ``quality`` (the metric on all examples) is recomputed when
+    not given.
+    """
+    import numpy as np
+
+    n = len(predictions)
+    if quality is None:
+        quality = float(task.score(list(predictions), list(examples))[task.metric_name])
+    split = _example_stats(task, predictions, examples, quality)
+    if split is None:
+        n_boot = min(n_boot, N_BOOT_RESCORE)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    if split is None:
+        metric = task.metric_name
+        return np.asarray([float(task.score([predictions[i] for i in row], [examples[i] for i in row])[metric])
+                           for row in idx])
+    stats, combine = split
+    # weights[b, i] = how often example i is drawn in resample b; sums of statistics per resample
+    weights = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+    return np.asarray([combine(row) for row in weights.reshape(n_boot, n) @ stats])
+
+
+def bootstrap_se(task: Any, predictions: Sequence[str], examples: Sequence[Any], quality: float | None = None,
+                 n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[float, int]:
+    """Standard error of the task's metric over resamples of the examples, and the number of resamples
+    (``(nan, 0)`` with fewer than 2 examples)."""
+    if len(predictions) < 2:
+        return math.nan, 0
+    vals = bootstrap_values(task, predictions, examples, quality, n_boot, seed)
+    return float(vals.std(ddof=1)), int(len(vals))
+
+
+def paired_bootstrap_se(task: Any, predictions: Sequence[str], reference: Sequence[str], examples: Sequence[Any],
+                        quality: float | None = None, reference_quality: float | None = None,
+                        n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> float:
+    """Standard error of ``metric(predictions) - metric(reference)`` over the SAME resamples of the examples.
+
+    Why paired: both lists score the same examples, so example-to-example variation cancels and what is left
+    is the decoding noise (plus any real per-example difference). NaN with fewer than 2 examples.
+    """
+    if len(predictions) < 2:
+        return math.nan
+    a = bootstrap_values(task, predictions, examples, quality, n_boot, seed)
+    b = bootstrap_values(task, reference, examples, reference_quality, n_boot, seed)
+    if len(a) != len(b):  # one list decomposed and the other did not: the resamples differ
+        return math.nan
+    return float((a - b).std(ddof=1))
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
@@ -176,12 +289,18 @@ def _row(point: Point, out: DecodeOutput, base: DecodeOutput, info: RunInfo, dev
          c_measured: float) -> dict[str, Any]:
     spec = get_method(point.method)
     scores = info.task.score(out.predictions, info.examples)
+    quality = scores[info.task.metric_name]
+    se, n_boot = bootstrap_se(info.task, out.predictions, info.examples, quality)
+    diff_se = 0.0 if out is base else paired_bootstrap_se(info.task, out.predictions, base.predictions,
+                                                          info.examples, quality)
     c = info.cost_ratio
     return {
         **info.key_fields(point),
         "label": spec.label, "param": spec.param, "metric": info.task.metric_name,
-        "quality": scores[info.task.metric_name],
+        "quality": quality,
         "empty_rate": scores.get("empty_rate"), "loop_rate": scores.get("loop_rate"),
+        "quality_se": se, "quality_diff_se": diff_se, "noise_method": "bootstrap" if n_boot else "",
+        "n_boot": n_boot or None,
         "latency_model": _ratio(out.target_calls + c * out.draft_calls, base.target_calls),
         "latency_wall": _ratio(out.wall_s, base.wall_s),
         "rejection_rate": _ratio(out.rejected, out.drafted),

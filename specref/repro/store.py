@@ -8,6 +8,12 @@ count or bad checksum) is dropped and truncated away before the next append; dam
 clear error, never skipped silently. Keys already present are never written again, so an interrupted sweep
 resumes with no lost and no duplicated rows. An advisory lock (``fcntl.flock`` on the CSV itself) keeps two
 processes from appending to one file at once.
+
+Files written before a column was added still read: their header names an older layout
+(:data:`LEGACY_LAYOUTS`), their rows read with the missing columns empty (NaN / None), and their checksums are
+checked against the fields they were written with. The first append to such a file rewrites it once in the
+current layout (every row validated first, a temporary file in the same folder, then ``os.replace``), so a
+file never mixes layouts.
 """
 
 from __future__ import annotations
@@ -16,13 +22,23 @@ import csv
 import io
 import math
 import os
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "KEY_COLUMNS", "CorruptStoreError", "PointStore", "row_key", "format_value"]
+__all__ = [
+    "COLUMNS",
+    "KEY_COLUMNS",
+    "LEGACY_LAYOUTS",
+    "CorruptStoreError",
+    "PointStore",
+    "atomic_write",
+    "row_key",
+    "format_value",
+]
 
 #: Columns that identify a point; a row with the same values is the same measurement.
 KEY_COLUMNS: tuple[str, ...] = (
@@ -35,8 +51,10 @@ COLUMNS: tuple[str, ...] = (
     *KEY_COLUMNS,
     # what the point is
     "label", "param", "metric",
-    # quality
-    "quality", "empty_rate", "loop_rate",
+    # quality; quality_se is the standard error of ``quality`` from a bootstrap over the examples and
+    # quality_diff_se that of ``quality`` minus the target-only baseline's on the same resamples
+    # (noise_method "bootstrap", n_boot resamples; see specref.repro.runner): the noise one seed carries
+    "quality", "empty_rate", "loop_rate", "quality_se", "quality_diff_se", "noise_method", "n_boot",
     # cost (latency_* are relative to target-only decoding of the same examples; 1.0 = as slow as it)
     "latency_model", "latency_wall", "rejection_rate", "target_calls_per_token", "tokens_per_target_call",
     "acceptance_rate", "deferral_rate",
@@ -48,10 +66,18 @@ COLUMNS: tuple[str, ...] = (
     "row_crc32",
 )
 
-_INT_COLUMNS = {"gamma", "seed", "n_examples", "max_new_tokens", "tokens", "batch_size"}
+#: Columns added since the first layout; files with an older header read with these empty.
+_ADDED: tuple[tuple[str, ...], ...] = (("quality_se", "quality_diff_se", "noise_method", "n_boot"),)
+
+#: Earlier headers this version still reads (newest first).
+LEGACY_LAYOUTS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(c for c in COLUMNS if not any(c in added for added in _ADDED[i:])) for i in range(len(_ADDED))
+)[::-1]
+
+_INT_COLUMNS = {"gamma", "seed", "n_examples", "max_new_tokens", "tokens", "batch_size", "n_boot"}
 _STR_COLUMNS = {
     "task", "pair", "method", "options", "split", "label", "param", "metric", "cost_ratio_source",
-    "predictions_sha", "run_id", "device", "specref_version", "time_utc", "row_crc32",
+    "predictions_sha", "run_id", "device", "specref_version", "time_utc", "row_crc32", "noise_method",
 }
 
 
@@ -107,29 +133,60 @@ def _line(fields: list[str]) -> str:
     return buf.getvalue()
 
 
+def _encode(row: Mapping[str, Any]) -> str:
+    """One complete CSV line of ``row`` in the current layout, checksum last."""
+    fields = [format_value(c, row.get(c)) for c in COLUMNS[:-1]]
+    fields.append(_crc(fields))
+    return _line(fields)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing: a uniquely named temporary file in the same folder, fsync,
+    then ``os.replace``. Why unique: two runs writing the same output folder must not share a temporary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
 class PointStore:
     """Append-only CSV of points with validated reads; see the module docstring for the guarantees."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        # (size, mtime_ns) of the file when last scanned -> its keys and valid prefix length, so that
+        # (size, mtime_ns) of the file when last scanned -> its keys, valid prefix length and layout, so that
         # appending n rows reads the file once, not n times.
-        self._cache: tuple[tuple[int, int], set[tuple[str, ...]], int] | None = None
+        self._cache: tuple[tuple[int, int], set[tuple[str, ...]], int, tuple[str, ...]] | None = None
 
     # -- reading --------------------------------------------------------------------------------------
-    def _scan(self) -> tuple[list[dict[str, str]], int]:
-        """Valid rows as raw strings, and the byte length of the valid prefix of the file."""
+    def _scan(self) -> tuple[list[dict[str, str]], int, tuple[str, ...]]:
+        """Valid rows as raw strings (every current column; missing ones ""), the byte length of the valid
+        prefix of the file, and the layout (header) the file was written with."""
         if not self.path.exists():
-            return [], 0
+            return [], 0, COLUMNS
         data = self.path.read_bytes()
         if not data:
-            return [], 0
+            return [], 0, COLUMNS
         rows: list[dict[str, str]] = []
-        pos, lines = 0, data.split(b"\n")
+        lines = data.split(b"\n")
         header_text = lines[0].decode("utf-8", errors="replace")
         if len(lines) == 1:  # header itself cut short
-            return [], 0
-        if next(csv.reader([header_text])) != list(COLUMNS):
+            return [], 0, COLUMNS
+        header = tuple(next(csv.reader([header_text]), []))
+        if header not in (COLUMNS, *LEGACY_LAYOUTS):
             raise CorruptStoreError(
                 f"{self.path}: header does not match this version's columns; move the file away or use another --out"
             )
@@ -139,32 +196,34 @@ class PointStore:
             last = i == len(body) - 1
             if last and raw == b"":  # the file ends with a newline: nothing after it
                 break
-            problem = self._check_line(raw)
+            problem = self._check_line(raw, header)
             if problem is None and not last:
-                rows.append(dict(zip(COLUMNS, next(csv.reader([raw.decode("utf-8")])))))
+                got = dict(zip(header, next(csv.reader([raw.decode("utf-8")]))))
+                rows.append({c: got.get(c, "") for c in COLUMNS})
                 pos += len(raw) + 1
                 continue
             if last:  # an unterminated last line: an interrupted append, whatever it contains
                 break
             raise CorruptStoreError(f"{self.path}: line {i + 2} is damaged ({problem}); refusing to guess")
-        return rows, pos
+        return rows, pos, header
 
     @staticmethod
-    def _check_line(raw: bytes) -> str | None:
+    def _check_line(raw: bytes, layout: tuple[str, ...] = COLUMNS) -> str | None:
         try:
             text = raw.decode("utf-8")
             fields = next(csv.reader([text]))
         except (UnicodeDecodeError, csv.Error, StopIteration) as err:
             return f"unreadable: {err}"
-        if len(fields) != len(COLUMNS):
-            return f"{len(fields)} fields, expected {len(COLUMNS)}"
+        if len(fields) != len(layout):
+            return f"{len(fields)} fields, expected {len(layout)}"
         if _crc(fields[:-1]) != fields[-1]:
             return "checksum mismatch"
         return None
 
     def read(self) -> list[dict[str, Any]]:
-        """All valid rows, typed (see :func:`parse_value`), in file order."""
-        raw, _ = self._scan()
+        """All valid rows, typed (see :func:`parse_value`), in file order; columns an older file lacks are
+        NaN (measurements) or None / "" (counts, strings)."""
+        raw, _, _ = self._scan()
         return [{c: parse_value(c, r[c]) for c in COLUMNS} for r in raw]
 
     def _stamp(self) -> tuple[int, int]:
@@ -174,16 +233,16 @@ class PointStore:
             return (-1, -1)
         return (st.st_size, st.st_mtime_ns)
 
-    def _index(self) -> tuple[set[tuple[str, ...]], int]:
+    def _index(self) -> tuple[set[tuple[str, ...]], int, tuple[str, ...]]:
         stamp = self._stamp()
         if self._cache is not None and self._cache[0] == stamp:
-            return self._cache[1], self._cache[2]
-        raw, valid = self._scan()
+            return self._cache[1], self._cache[2], self._cache[3]
+        raw, valid, layout = self._scan()
         keys = {tuple(r[c] for c in KEY_COLUMNS) for r in raw}
         if len(keys) != len(raw):
             raise CorruptStoreError(f"{self.path}: duplicated keys; the file was edited by hand or by two writers")
-        self._cache = (stamp, keys, valid)
-        return keys, valid
+        self._cache = (stamp, keys, valid, layout)
+        return keys, valid, layout
 
     def keys(self) -> set[tuple[str, ...]]:
         """Keys of the stored rows (canonical strings, in :data:`KEY_COLUMNS` order)."""
@@ -198,19 +257,40 @@ class PointStore:
     # -- writing --------------------------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[int]:
-        """The CSV opened for writing, under an exclusive advisory lock held until the block ends."""
+        """The CSV opened for writing, under an exclusive advisory lock held until the block ends.
+
+        Why the inode check: an upgrade of an old layout replaces the file; a writer that was waiting on the
+        old file's lock must not append to the replaced (unlinked) file, so it reopens the path.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 import fcntl
 
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except ImportError:  # pragma: no cover - non-POSIX: single writer assumed
                 pass
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
             yield fd
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _upgrade(self) -> None:
+        """Rewrite a file of an older layout in the current one (caller holds the lock)."""
+        raw, _, _ = self._scan()
+        rows = [{c: parse_value(c, r[c]) for c in COLUMNS} for r in raw]
+        st = os.stat(self.path)
+        atomic_write(self.path, _line(list(COLUMNS)) + "".join(_encode(r) for r in rows))
+        os.chmod(self.path, st.st_mode & 0o777)
+        self._cache = None
 
     def append(self, row: Mapping[str, Any]) -> bool:
         """Write ``row`` unless its key is already stored; True when written.
@@ -221,21 +301,24 @@ class PointStore:
         if unknown:
             raise ValueError(f"unknown columns {sorted(unknown)}")
         key = row_key(row)
-        fields = [format_value(c, row.get(c)) for c in COLUMNS[:-1]]
-        fields.append(_crc(fields))
-        with self._locked() as fd:
-            keys, valid = self._index()
-            if key in keys:
-                return False
-            size = os.fstat(fd).st_size
-            if size != valid:  # drop an interrupted last line (or a cut header) before appending
-                os.ftruncate(fd, valid)
-                size = valid
-            payload = ((_line(list(COLUMNS)) if size == 0 else "") + _line(fields)).encode("utf-8")
-            os.lseek(fd, 0, os.SEEK_END)
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            self._cache = (self._stamp(), keys | {key}, size + len(payload))
-        return True
+        line = _encode(row)
+        while True:
+            with self._locked() as fd:
+                keys, valid, layout = self._index()
+                if key in keys:
+                    return False
+                if layout != COLUMNS and valid > 0:
+                    self._upgrade()
+                    continue  # the path is a new file now: lock that one
+                size = os.fstat(fd).st_size
+                if size != valid:  # drop an interrupted last line (or a cut header) before appending
+                    os.ftruncate(fd, valid)
+                    size = valid
+                payload = ((_line(list(COLUMNS)) if size == 0 else "") + line).encode("utf-8")
+                os.lseek(fd, 0, os.SEEK_END)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+                self._cache = (self._stamp(), keys | {key}, size + len(payload), COLUMNS)
+            return True

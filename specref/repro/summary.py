@@ -13,10 +13,33 @@ paper's Table 2 reads two numbers off each curve; we define them exactly:
    only approximately). The segment lies below the convex hull, so it never overstates the curve. With
    ``interpolate=False`` only measured points count.
 3. **(a) cost to match** the target's quality ``y_T``: the smallest cost at which the frontier reaches
-   ``y_T - tol`` (``>=``: equality matches). Reported as ``reduction = 1 - cost / ref_cost`` and
+   the match level (``>=``: equality matches). Reported as ``reduction = 1 - cost / ref_cost`` and
    ``speedup = ref_cost / cost``; for the latency axes ``ref_cost`` is 1.0, the target's own latency. NaN
-   when the curve never reaches ``y_T - tol``. A reduction below 0 means it matches only above the target's
+   when the curve never reaches the level. A reduction below 0 means it matches only above the target's
    latency.
+
+   **The match level is the target's noise band**: ``y_T - Z * noise`` with ``Z = 2`` (:data:`Z`), where
+   ``noise`` is the standard error of the difference between a method's quality and the target's, estimated
+   from the target's own rows (:func:`target_noise`):
+
+   * with ``k >= 2`` seeds: ``SD_T * sqrt(2 / k)``, ``SD_T`` the sample standard deviation of the target's
+     quality over the seeds (the examples fixed, so this is decoding noise only), and ``sqrt(2 / k)`` the
+     standard error of a difference of two ``k``-seed means that share that spread;
+   * with one seed and a SpecDecode row: SpecDecode's ``quality_diff_se``, the paired bootstrap standard
+     error (same resamples of the examples, :mod:`specref.repro.runner`) of SpecDecode's quality minus the
+     target's. SpecDecode samples exactly the target's law, so this is the spread between two decodes of
+     that law on these examples, example-to-example variation cancelled;
+   * with one seed and no such row: ``sqrt(2) * SE_T``, ``SE_T`` the bootstrap standard error of the
+     target's quality (``quality_se``). It also counts example-to-example variation, which a paired
+     comparison cancels, so this band is on the wide side (measured on the zoo translation pair at 48
+     examples: 2.15 BLEU against a paired 1.28);
+   * either bootstrap is trusted from :data:`MIN_BOOT_EXAMPLES` examples on;
+   * otherwise (one seed and fewer examples, or rows written without ``quality_se``): **not judged**, and
+     (a) is NaN with ``match_rule == "not judged"``.
+
+   Why ``Z = 2``: a method that samples exactly the target's law (SpecDecode) lands below ``y_T - 2 noise``
+   about 2% of the time; a tighter band would report sampling noise as a quality loss, a wider one would
+   call real losses matches. An explicit ``tol`` (``--match-tol``) replaces the band by ``y_T - tol``.
 4. **(b) best quality within** ``ref_cost``: the frontier's quality at cost ``ref_cost`` (``<=``: equal cost
    does not exceed); beyond the last frontier point the quality stays at its level. NaN when even the
    cheapest point costs more than ``ref_cost``.
@@ -24,11 +47,21 @@ paper's Table 2 reads two numbers off each curve; we define them exactly:
 ``ref_cost`` is the target-only row's value on the cost axis when that is finite (1.0 for both latencies, 1.0
 target calls per token); for ``rejection_rate``, where target-only has no drafts, it is SpecDecode's, the
 lossless reference whose quality equals the target's in expectation.
+
+**Measured step costs** (:class:`StepCosts`): the modeled latency prices a draft step at ``c`` target steps
+and a verification call (one target call scoring ``gamma + 1`` positions) at one target step. The rows also
+let us measure both on the machine that decoded them, from counts and wall times only (no timing inside the
+decoder): a draft step is ``cost_ratio_measured`` target steps (draft-only seconds per draft step over
+target-only seconds per target step), and a verification call of SpecDecode costs
+``(wall_s - draft_calls * t_draft) / target_calls`` seconds, reported in target-only steps. When these
+exceed ``c`` and 1, wall-clock speed-ups fall below the modeled ones, and below 1 where the modeled gain is
+small.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,18 +69,32 @@ from typing import Any
 
 __all__ = [
     "COST_AXES",
+    "MIN_BOOT_EXAMPLES",
+    "Z",
     "CurvePoint",
     "MethodSummary",
+    "Noise",
+    "StepCosts",
     "Summary",
     "cost_to_match",
     "frontier",
     "quality_within",
     "summarize",
     "average_seeds",
+    "step_costs",
+    "target_noise",
 ]
 
 #: Cost columns a summary can be read on; the first is the default (deterministic across reruns).
 COST_AXES = ("latency_model", "latency_wall", "target_calls_per_token", "rejection_rate")
+
+#: Width of the noise band in standard errors (module docstring, rule 3).
+Z = 2.0
+
+#: Fewest examples at which one seed's bootstrap standard error is trusted. Why 30: below it the bootstrap
+#: distribution of a corpus metric is lumpy (a few examples carry it) and its SD underestimates the spread
+#: by more than sqrt((n - 1) / n); 30 is the usual floor for normal-approximation intervals.
+MIN_BOOT_EXAMPLES = 30
 
 #: Columns that fix a curve's setting (a summary is computed per distinct value of these).
 CONTEXT_COLUMNS = ("task", "pair", "temperature", "gamma", "top_p", "split", "n_examples", "max_new_tokens")
@@ -121,8 +168,147 @@ class MethodSummary:
 
 
 @dataclass(frozen=True)
+class Noise:
+    """The noise a setting's verdicts are judged against (module docstring, rule 3).
+
+    Attributes:
+        se: standard error of the difference between a method's quality and the target's; NaN when not
+            judged.
+        method: "seeds" (seed-to-seed spread), "paired bootstrap" (one seed: SpecDecode minus target on the
+            same resamples), "bootstrap" (one seed: the target's resamples x sqrt(2)) or "" (not judged).
+        detail: how ``se`` was obtained, in words (or why it could not be).
+    """
+
+    se: float
+    method: str
+    detail: str
+
+    @property
+    def judged(self) -> bool:
+        return self.method != "" and _finite(self.se)
+
+    def band(self, z: float = Z) -> float:
+        """Half-width of the band: ``z * se``."""
+        return z * self.se
+
+    def text(self, z: float = Z) -> str:
+        """One phrase for tables and claims: the band and where it comes from."""
+        if not self.judged:
+            return f"noise not judged ({self.detail})"
+        return f"noise band +/-{self.band(z):.2f} = {z:g} x {self.se:.2f} ({self.detail})"
+
+
+def _not_judged_reason(seeds: int, n_examples: Any, has_se: bool) -> str:
+    n = "?" if n_examples is None else str(n_examples)
+    if seeds < 2 and has_se:
+        return f"needs >= 2 seeds or >= {MIN_BOOT_EXAMPLES} examples; has 1 seed and {n} examples"
+    return (f"needs >= 2 seeds or a bootstrap over >= {MIN_BOOT_EXAMPLES} examples; has {seeds} seed and rows "
+            "without quality_se (written before it was stored: re-decode to judge)")
+
+
+def target_noise(target_rows: Sequence[Mapping[str, Any]],
+                 specdecode_rows: Sequence[Mapping[str, Any]] = ()) -> Noise:
+    """Noise of one setting from its target-only rows and SpecDecode rows, one per seed (module docstring,
+    rule 3)."""
+    by_seed: dict[Any, Mapping[str, Any]] = {}
+    for r in target_rows:
+        by_seed.setdefault(r.get("seed"), r)
+    k = len(by_seed)
+    qualities = [float(r["quality"]) for r in by_seed.values() if _finite(_num(r.get("quality")))]
+    if k >= 2 and len(qualities) == k:
+        sd = statistics.stdev(qualities)
+        return Noise(sd * math.sqrt(2 / k), "seeds",
+                     f"target SD {sd:.2f} over {k} seeds x sqrt(2/{k})")
+    if k == 1:
+        (row,) = by_seed.values()
+        se = _num(row.get("quality_se"))
+        n = row.get("n_examples")
+        enough = n is not None and int(n) >= MIN_BOOT_EXAMPLES
+        boot = row.get("n_boot")
+        resamples = f", {int(boot)} resamples" if boot else ""
+        paired = [_num(r.get("quality_diff_se")) for r in specdecode_rows if r.get("seed") == row.get("seed")]
+        if enough and paired and _finite(paired[0]):
+            return Noise(paired[0], "paired bootstrap",
+                         f"paired bootstrap SE of SpecDecode minus target over {n} examples{resamples}")
+        if _finite(se) and enough:
+            return Noise(math.sqrt(2) * se, "bootstrap",
+                         f"target bootstrap SE {se:.2f} over {n} examples{resamples} x sqrt(2)")
+        return Noise(math.nan, "", _not_judged_reason(1, n, _finite(se)))
+    return Noise(math.nan, "", "no target rows" if k == 0 else "target quality missing for some seed")
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """The modeled and the measured step costs of one setting (module docstring, "Measured step costs").
+
+    Attributes:
+        c: draft/target step cost ratio of the modeled latency; ``c_source`` says where it came from.
+        c_measured: draft-only seconds per draft step over target-only seconds per target step (NaN: not
+            measured in any row of the setting).
+        verify_measured: SpecDecode's seconds per verification call beyond its draft steps, in target-only
+            steps (the modeled latency counts 1); NaN without a SpecDecode row and ``c_measured``.
+        device: where the rows were decoded.
+    """
+
+    c: float
+    c_source: str
+    c_measured: float
+    verify_measured: float
+    device: str
+
+    def text(self) -> str:
+        c_src = f" ({self.c_source})" if self.c_source else ""
+        if not _finite(self.c_measured):
+            return f"modeled c = {_g(self.c)}{c_src}; step costs not measured on {self.device or 'this machine'}"
+        verify = (f", and a SpecDecode verification call costs {self.verify_measured:.2f} target-only steps "
+                  f"(modeled: 1)" if _finite(self.verify_measured) else "")
+        return (f"measured on {self.device or 'this machine'}: a draft step costs {self.c_measured:.3f} target "
+                f"steps (modeled c = {_g(self.c)}{c_src}){verify}; wall-clock ratios follow the measured costs, "
+                "so where these exceed the modeled ones a modeled speed-up above 1 can be a wall-clock one below 1")
+
+
+def _g(x: float) -> str:
+    return "n/a" if not _finite(x) else f"{x:.3g}"
+
+
+def _num(x: Any) -> float:
+    try:
+        return math.nan if x is None or x == "" else float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _mean(vals: Iterable[Any]) -> float:
+    xs = [v for v in (_num(x) for x in vals) if _finite(v)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def step_costs(avg: Sequence[Mapping[str, Any]]) -> StepCosts:
+    """Modeled and measured step costs from one setting's seed-averaged rows."""
+    c = _mean(r.get("cost_ratio") for r in avg)
+    source = next((str(r["cost_ratio_source"]) for r in avg if r.get("cost_ratio_source")), "")
+    c_meas = _mean(r.get("cost_ratio_measured") for r in avg)
+    device = next((str(r["device"]) for r in avg if r.get("device")), "")
+    verify = math.nan
+    for r in avg:
+        if r.get("method") != "specdecode":
+            continue
+        t_target = _num(r.get("baseline_wall_s")) / _num(r.get("baseline_target_calls") or math.nan)
+        wall, calls, draft_calls = _num(r.get("wall_s")), _num(r.get("target_calls")), _num(r.get("draft_calls"))
+        if _finite(t_target) and t_target > 0 and _finite(c_meas) and calls and _finite(calls):
+            verify = (wall - draft_calls * c_meas * t_target) / calls / t_target
+        break
+    return StepCosts(c, source, c_meas, verify, device)
+
+
+@dataclass(frozen=True)
 class Summary:
-    """Table-2 summary of one setting (context) on one cost axis."""
+    """Table-2 summary of one setting (context) on one cost axis.
+
+    ``match_rule`` says how (a) was read: "noise" (``y_T - z * noise.se``), "tol" (``y_T - tol``, given
+    explicitly) or "not judged" (no noise estimate: every ``cost_at_match`` is NaN). ``match_level`` is the
+    quality the frontier had to reach.
+    """
 
     context: dict[str, Any]
     axis: str
@@ -131,9 +317,19 @@ class Summary:
     draft_quality: float
     ref_cost: float
     seeds: int
-    tol: float
+    tol: float | None
     interpolate: bool
     methods: list[MethodSummary]
+    noise: Noise = field(default_factory=lambda: Noise(math.nan, "", "not computed"))
+    z: float = Z
+    match_rule: str = "noise"
+    match_level: float = math.nan
+    costs: StepCosts | None = None
+
+    @property
+    def judged(self) -> bool:
+        """True when (a) was read at a stated level (noise band or explicit tolerance)."""
+        return self.match_rule != "not judged"
 
 
 def _group_key(row: Mapping[str, Any], cols: Sequence[str]) -> tuple:
@@ -141,7 +337,8 @@ def _group_key(row: Mapping[str, Any], cols: Sequence[str]) -> tuple:
 
 
 def average_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per point with numeric measurements averaged over seeds (``seeds`` says how many).
+    """One row per point with numeric measurements averaged over seeds (``seeds`` says how many, and
+    ``quality_seed_se`` is the standard error of the mean quality over them, NaN for one seed).
 
     Seeds are trials of the same configuration (the paper averages 3). Rows must agree on everything but
     ``seed`` and the measurements; non-numeric columns are taken from the first row.
@@ -159,6 +356,9 @@ def average_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             vals = [m[col] for m in members if m.get(col) is not None and not math.isnan(float(m[col]))]
             merged[col] = sum(float(v) for v in vals) / len(vals) if vals else math.nan
         merged["seeds"] = len({m.get("seed") for m in members})
+        # standard error of the seed mean (error bars); NaN with one seed
+        qs = [float(m["quality"]) for m in members if _finite(_num(m.get("quality")))]
+        merged["quality_seed_se"] = statistics.stdev(qs) / math.sqrt(len(qs)) if len(qs) >= 2 else math.nan
         out.append(merged)
     return out
 
@@ -174,28 +374,41 @@ def _ref_cost(avg: Sequence[Mapping[str, Any]], axis: str) -> float:
 def summarize(
     rows: Iterable[Mapping[str, Any]],
     axis: str = "latency_model",
-    tol: float = 0.0,
+    tol: float | None = None,
     interpolate: bool = True,
     exclude: Sequence[str] = ("target", "draft"),
+    z: float = Z,
 ) -> list[Summary]:
     """Table-2 summaries, one per setting found in ``rows`` (dicts with the store's columns).
 
-    ``tol`` lowers the bar of (a) to ``y_T - tol`` (0: strictly the target's measured quality). Methods in
-    ``exclude`` are references, reported in the header rather than as rows.
+    (a) is read at the target's noise band ``y_T - z * noise`` (module docstring, rule 3) unless ``tol`` is
+    given: then at ``y_T - tol`` (0: strictly the target's measured quality), as ``--match-tol`` asks.
+    Methods in ``exclude`` are references, reported in the header rather than as rows.
     """
     if axis not in COST_AXES:
         raise ValueError(f"unknown cost axis {axis!r}; choose one of {COST_AXES}")
-    if tol < 0:
-        raise ValueError("tol must be >= 0")
-    by_context: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
-    for r in average_seeds(rows):
-        by_context[_group_key(r, CONTEXT_COLUMNS)].append(r)
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be >= 0 (or None for the noise band), got {tol}")
+    if not z > 0:
+        raise ValueError(f"z must be > 0, got {z}")
+    raw_by_context: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        raw_by_context[_group_key(r, CONTEXT_COLUMNS)].append(r)
     summaries = []
-    for ctx, avg in by_context.items():
+    for ctx, raw in raw_by_context.items():
+        avg = average_seeds(raw)
         target = [r for r in avg if r["method"] == "target"]
         if not target:
             continue  # no reference in this setting: nothing to summarise against
         y_t = float(target[0]["quality"])
+        noise = target_noise([r for r in raw if r["method"] == "target"],
+                             [r for r in raw if r["method"] == "specdecode"])
+        if tol is not None:
+            rule, level = "tol", y_t - tol
+        elif noise.judged:
+            rule, level = "noise", y_t - z * noise.se
+        else:
+            rule, level = "not judged", math.nan
         draft = [float(r["quality"]) for r in avg if r["method"] == "draft"]
         ref = _ref_cost(avg, axis)
         labels: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -208,7 +421,7 @@ def summarize(
                 CurvePoint(float(r[axis]), float(r["quality"]), r.get("alpha"), r.get("options") or "")
                 for r in members
             )
-            c = cost_to_match(front, y_t - tol, interpolate)
+            c = cost_to_match(front, level, interpolate) if rule != "not judged" else math.nan
             best = quality_within(front, ref, interpolate) if _finite(ref) else math.nan
             methods.append(
                 MethodSummary(
@@ -235,6 +448,11 @@ def summarize(
                 tol=tol,
                 interpolate=interpolate,
                 methods=methods,
+                noise=noise,
+                z=z,
+                match_rule=rule,
+                match_level=level,
+                costs=step_costs(avg),
             )
         )
     return summaries
