@@ -68,6 +68,9 @@ def test_generation_config_and_keywords(pair):
     same = dec.generate(IDS, MASK, temperature=0.7, top_k=3, seed=4, no_eos=True)
     assert torch.equal(sampled.sequences, same.sequences)
     assert sampled.stats.summary()["temperature"] == 0.7 and sampled.stats.summary()["top_k"] == 3
+    # a model's own generation config (bookkeeping fields only) is accepted as it is
+    own = dec.generate(IDS, MASK, generation_config=pair[1].generation_config, max_new_tokens=5, do_sample=False)
+    assert torch.equal(own.sequences, dec.generate(IDS, MASK, max_new_tokens=5, do_sample=False).sequences)
     # no-op values of unimplemented fields are accepted
     ok = GenerationConfig(num_beams=1, repetition_penalty=1.0, do_sample=False, max_new_tokens=5, pad_token_id=0)
     assert torch.equal(dec.generate(IDS, MASK, generation_config=ok, no_eos=True).sequences, base.sequences)

@@ -235,10 +235,11 @@ def resolve_generation(
     from transformers import GenerationConfig
 
     fields = {} if generation_config is None else _generation_fields(generation_config)
-    known = set(GenerationConfig().to_dict())
-    for name in extra:
-        if name not in known:
-            raise ValueError(f"generate() got an unknown argument {name!r}")
+    if extra:
+        known = set(GenerationConfig().to_dict())
+        for name in extra:
+            if name not in known:
+                raise ValueError(f"generate() got an unknown argument {name!r}")
     kw = {k: v for k, v in {**extra, **given}.items() if v is not None and k not in _HARMLESS}
     # a keyword length replaces the config's length of either kind
     if "max_new_tokens" in kw or "max_length" in kw:
