@@ -396,6 +396,39 @@ def test_reproduce_writes_everything_and_rereads_counts_at_a_new_cost_ratio(tmp_
     assert [e.id for e in select_examples([Ex(i) for i in range(10)], 4)] == ["ex0", "ex2", "ex5", "ex7"]
 
 
+def test_render_rewrites_outputs_from_points_without_decoding(tmp_path, capsys):
+    from specref.repro.reproduce import ReproConfig, main, render, reproduce
+    from specref.repro.setups import Setup
+
+    setup = Setup(name="fake", task=FakeTask(), pair="fake-pair", draft="d", target="t", tokenizer="x",
+                  family="seq2seq")
+    cfg = ReproConfig(methods=("specdecode", "token_v3"), max_examples=40, progress=False, plots=False)
+    res = reproduce(setup, tmp_path, cfg, backend=FakeBackend())
+    out = res.out_dir
+    summary, claims = (out / "summary.md").read_text(), (out / "claims.md").read_text()
+    assert "noise band" in summary and "paired bootstrap SE of SpecDecode minus target over 40 examples" in summary
+    (out / "summary.md").unlink()
+    files = render(out, plots=False)
+    assert (out / "summary.md").read_text() == summary and (out / "claims.md").read_text() == claims
+    assert {f.name for f in files} == {"points.csv", "summary.csv", "summary.md", "claims.md"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # a noise run must cover the same examples
+    other = reproduce(setup, tmp_path / "other", ReproConfig(**{**cfg.__dict__, "max_examples": 20}),
+                      backend=FakeBackend())
+    before = (out / "summary.md").read_text()
+    assert main(["--render", str(out), "--noise-from", str(other.out_dir), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "decoded other examples" in err and (out / "summary.md").read_text() == before
+    assert main(["--render", str(tmp_path / "missing")]) == 2
+    assert "run.json not found" in capsys.readouterr().err
+    # a setup's folder cannot climb out of the output folder
+    bad = Setup(name="bad", task=FakeTask(), pair="fake-pair", draft="d", target="t", tokenizer="x",
+                family="seq2seq", folder="../escape")
+    with pytest.raises(ValueError, match="outside"):
+        reproduce(bad, tmp_path / "o", cfg, backend=FakeBackend())
+    assert not (tmp_path / "escape").exists()
+
+
 # ---- real decoder: stand-in setups and the CLI quick path ---------------------------------------------------
 
 CONFIGS = sorted((REPO / "configs" / "paper").glob("*.yaml"))

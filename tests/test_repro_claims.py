@@ -93,7 +93,7 @@ def test_no_noise_estimate_means_not_judged(case):
     seeds = [dict(r, seed=s, quality=r["quality"] + (0.1 * s if r["method"] == "target" else 0.0))
              for s in range(3) for r in rows]
     c3 = _claims(seeds)
-    assert c3["Speculativecascades"].verdict == "holds" and "over 3 seeds" in c3["Speculativecascades"].evidence
+    assert c3["Speculativecascades"].verdict == "holds" and "3 seeds x sqrt(2/3)" in c3["Speculativecascades"].evidence
 
 
 def test_t0_gain_needs_a_gain_beyond_noise_at_t1():

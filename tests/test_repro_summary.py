@@ -91,16 +91,34 @@ def test_several_seeds_band_uses_the_targets_seed_spread():
         # bootstrap SEs are present but ignored: seeds measure decoding noise directly
         rows += [_row("target", None, yt, 1.0, seed=seed, se=9.0), _row("specdecode", None, ys, 0.6, seed=seed, se=9.0)]
     (s,) = summarize(rows)
-    sd = 1.0  # SD of 19, 21, 20
+    # both sample the target's law: SDs 1.0 (19, 21, 20) and 0.5 (18, 19, 18.5) pooled, variances averaged
+    sd = math.sqrt((1.0 + 0.25) / 2)
     assert s.seeds == 3 and s.noise.method == "seeds"
     assert s.noise.se == pytest.approx(sd * math.sqrt(2 / 3))
-    assert s.match_level == pytest.approx(20 - Z * sd * math.sqrt(2 / 3))  # 18.37: SpecDecode's 18.5 matches
-    assert _by(s)["specdecode"].speedup == pytest.approx(1 / 0.6)
-    assert "over 3 seeds" in s.noise.detail
-    # the same seed-mean gap with a tight seed spread is a loss
-    tight = [dict(r, quality=r["quality"] if r["method"] == "specdecode" else 20.0 + 0.01 * r["seed"]) for r in rows]
-    (t,) = summarize(tight)
-    assert math.isnan(_by(t)["specdecode"].cost_at_match)
+    assert s.match_level == pytest.approx(20 - Z * sd * math.sqrt(2 / 3))  # 18.71: SpecDecode's 18.5 does not
+    assert math.isnan(_by(s)["specdecode"].cost_at_match)
+    assert "pooled over target (1.00) and SpecDecode (0.50), 3 seeds" in s.noise.detail
+    (alone,) = summarize([r for r in rows if r["method"] == "target"] + [
+        dict(r, seed=r["seed"] + 10) for r in rows if r["method"] == "specdecode"])  # other seeds: no pooling
+    assert alone.noise.se == pytest.approx(1.0 * math.sqrt(2 / 3))
+    assert "target SD 1.00 over 3 seeds" in alone.noise.detail
+    # a wider spread makes the same seed-mean gap noise
+    wide = [dict(r, quality=20.0 + 2.0 * (r["seed"] - 1)) if r["method"] == "target" else r for r in rows]
+    (w,) = summarize(wide)
+    assert _by(w)["specdecode"].speedup == pytest.approx(1 / 0.6)
+
+
+def test_one_seed_table_borrows_a_noise_runs_seed_spread():
+    rows = _curve(19.0, se=None)  # old rows: no bootstrap, so alone they are not judged
+    noise = []
+    for seed, (yt, ys) in enumerate([(20.0, 19.5), (20.4, 19.8), (19.6, 20.1)]):
+        noise += [_row("target", None, yt, 1.0, seed=seed), _row("specdecode", None, ys, 0.6, seed=seed)]
+    (s,) = summarize(rows, noise_rows=noise)
+    sd = math.sqrt((0.4**2 + 0.3**2) / 2)
+    assert s.noise.method == "seeds" and s.noise.se == pytest.approx(sd * math.sqrt(2))
+    assert "of the noise run on the same examples" in s.noise.detail
+    other = [dict(r, n_examples=50) for r in noise]  # another subset: not borrowed
+    assert summarize(rows, noise_rows=other)[0].match_rule == "not judged"
 
 
 def test_not_judged_with_one_seed_and_few_examples_or_rows_without_noise():
@@ -150,7 +168,8 @@ def test_summary_csv_records_the_rule_and_the_costs(tmp_path):
     path = tmp_path / "summary.csv"
     write_summary_csv(path, [s])
     rows = list(csv.DictReader(path.open()))
-    assert {r["match_rule"] for r in rows} == {"noise"} and float(rows[0]["noise_se"]) == pytest.approx(math.sqrt(2), rel=1e-5)
+    assert {r["match_rule"] for r in rows} == {"noise"}
+    assert float(rows[0]["noise_se"]) == pytest.approx(math.sqrt(2), rel=1e-5)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]  # no temporary left behind
 
 

@@ -93,14 +93,16 @@ def check_claims(
     top_p: float | None = None,
     axis: str = "latency_model",
     tol: float | None = None,
+    noise_rows: Sequence[Mapping[str, Any]] = (),
 ) -> list[Claim]:
     """Verdicts for the four claims on ``rows`` (one pair, one example subset) around the main setting.
 
     ``tol`` (an explicit ``--match-tol``) changes how (a) is read, as in the tables; the noise band still
-    judges every quality comparison.
+    judges every quality comparison. ``noise_rows``: a several-seed run on the same examples
+    (:func:`specref.repro.summary.summarize`).
     """
     main_rows = _match(rows, temperature, gamma, top_p)
-    main = summarize(main_rows, axis=axis, tol=tol) if main_rows else []
+    main = summarize(main_rows, axis=axis, tol=tol, noise_rows=noise_rows) if main_rows else []
     if len(main) != 1:
         missing = "no rows" if not main else f"{len(main)} settings (mixed subsets?)"
         return [Claim("all", "not measured", f"main setting T={temperature}, gamma={gamma}: {missing}")]
@@ -129,7 +131,7 @@ def check_claims(
             verdict = "does not hold"
         out.append(Claim(claim, verdict, numbers))
 
-    out.append(_t0_gain(rows, gamma, top_p, axis, tol))
+    out.append(_t0_gain(rows, gamma, top_p, axis, tol, noise_rows))
 
     claim = "OPT vs Token (paper: competitive on T5, weaker on Gemma)"
     if "opt" in by and "token_v3" in by:
@@ -172,12 +174,12 @@ def _token_best(s: Summary, by: dict[str, MethodSummary], labels: dict[str, str]
 
 
 def _t0_gain(rows: Sequence[Mapping[str, Any]], gamma: int, top_p: float | None, axis: str,
-             tol: float | None) -> Claim:
+             tol: float | None, noise_rows: Sequence[Mapping[str, Any]]) -> Claim:
     claim = "At T = 0 the gain over lossy SpecDecode vanishes"
     gains: dict[float, tuple[float, Summary]] = {}
     for t in (1.0, 0.0):
         sub = _match(rows, t, gamma, top_p)
-        summ = summarize(sub, axis=axis, tol=tol) if sub else []
+        summ = summarize(sub, axis=axis, tol=tol, noise_rows=noise_rows) if sub else []
         if len(summ) == 1:
             b = _by_method(summ[0])
             if "token_v3" in b and "lossy" in b:

@@ -168,14 +168,16 @@ def plot_cost_quality(
     rows: Sequence[Mapping[str, Any]],
     path: str | Path,
     axes: Sequence[str] = ("latency_model", "latency_wall", "rejection_rate"),
+    noise_rows: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """One figure per call, one panel per cost axis, for the rows of ONE setting (seed-averaged here).
 
     The rejection-rate panel is the paper's cost for Gemma; only speculative methods have drafts to reject.
+    ``noise_rows``: a several-seed run on the same examples, for the noise band (``summarize``).
     """
     plt = _setup_matplotlib()
     avg = average_seeds(rows)
-    summaries = summarize(rows) if rows else []
+    summaries = summarize(rows, noise_rows=noise_rows) if rows else []
     summary = summaries[0] if summaries else None
     seeds = max((int(r.get("seeds") or 1) for r in avg), default=1)
     fig, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 5.4), squeeze=False)
@@ -198,6 +200,7 @@ def plot_settings(
     path: str | Path,
     vary: str,
     axis: str = "latency_model",
+    noise_rows: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """A robustness figure: one panel per value of ``vary`` (temperature, gamma or top_p)."""
     if vary not in CONTEXT_COLUMNS:
@@ -211,7 +214,7 @@ def plot_settings(
         sub = [r for r in rows if r[vary] == v]
         avg = average_seeds(sub)
         seeds = max(seeds, max((int(r.get("seeds") or 1) for r in avg), default=1))
-        summ = summarize(sub)
+        summ = summarize(sub, noise_rows=noise_rows)
         first = first or (summ[0] if summ else None)
         value = "none" if v is None else f"{v:g}"
         _draw(ax, avg, axis, summ[0] if summ else None, f"{names.get(vary, vary)} = {value}")

@@ -226,41 +226,63 @@ def _inside(out_dir: Path, out: Path) -> Path:
     return out_dir
 
 
-def render_outputs(out_dir: Path, rows: list[dict[str, Any]], parts: dict[str, list[Setting]], main: Setting,
-                   axis: str, tol: float | None, interpolate: bool, plots: bool,
-                   title: str) -> tuple[dict[str, list[Summary]], list[Path], list[Any], str]:
+def render_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], parts: dict[str, list[Setting]], main: Setting, axis: str,
+    tol: float | None, interpolate: bool, plots: bool, title: str, noise_rows: Sequence[dict[str, Any]] = (),
+) -> tuple[dict[str, list[Summary]], list[Path], list[Any], str]:
     """Summaries, claims and plots of ``rows`` written into ``out_dir``: what :func:`reproduce` and
-    :func:`render` share. Returns (summaries per axis, files written, claims, the terminal table)."""
+    :func:`render` share. Returns (summaries per axis, files written, claims, the terminal table).
+    ``noise_rows``: a several-seed run on the same examples (:func:`specref.repro.summary.summarize`)."""
     from specref.repro.claims import check_claims, claims_markdown
     from specref.repro.report import format_summaries
 
     axes = [axis] + [a for a in ("latency_model", "latency_wall") if a != axis]
-    summaries = {a: summarize(rows, axis=a, tol=tol, interpolate=interpolate) for a in axes}
-    files = _write_outputs(out_dir, rows, summaries, parts, plots)
-    claims = check_claims(rows, main.temperature, main.gamma, main.top_p, axis=axis, tol=tol) if "main" in parts else []
+    summaries = {a: summarize(rows, axis=a, tol=tol, interpolate=interpolate, noise_rows=noise_rows) for a in axes}
+    files = _write_outputs(out_dir, rows, summaries, parts, plots, noise_rows)
+    claims = (check_claims(rows, main.temperature, main.gamma, main.top_p, axis=axis, tol=tol, noise_rows=noise_rows)
+              if "main" in parts else [])
     if claims:
         files.append(atomic_write(out_dir / "claims.md", claims_markdown(claims, title)))
     return summaries, files, claims, format_summaries(summaries)
 
 
-def render(out_dir: str | Path, tol: float | None = None, plots: bool = True) -> list[Path]:
-    """Rewrite ``summary.*``, ``claims.md`` and the plots of a finished output folder from its ``points.csv``
-    and ``run.json``, without decoding, under the current rules (``tol`` None: the noise band).
-
-    Rows are those of the run's example subset (``n_examples`` of ``run.json``); every seed counts.
-    """
-    out_dir = Path(out_dir)
+def _run_rows(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``run.json`` and the rows of its example subset from a finished output folder."""
     meta_path, csv_path = out_dir / "run.json", out_dir / "points.csv"
     for path in (meta_path, csv_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: render needs a folder written by reproduce")
     try:
         meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path}: not a reproduce run.json ({err})") from None
+    rows = [row for row in PointStore(csv_path).read()
+            if meta.get("n_examples") is None or row["n_examples"] == int(meta["n_examples"])]
+    return meta, rows
+
+
+def render(out_dir: str | Path, tol: float | None = None, plots: bool = True,
+           noise_from: str | Path | None = None) -> list[Path]:
+    """Rewrite ``summary.*``, ``claims.md`` and the plots of a finished output folder from its ``points.csv``
+    and ``run.json``, without decoding, under the current rules (``tol`` None: the noise band).
+
+    Rows are those of the run's example subset (``n_examples`` of ``run.json``); every seed counts.
+    ``noise_from``: another finished folder, a several-seed run on exactly the same examples (``run.json``
+    ``example_ids`` must be equal), whose target seed spread is the noise of this folder's one-seed settings.
+    """
+    out_dir = Path(out_dir)
+    meta, rows = _run_rows(out_dir)
+    noise_rows: list[dict[str, Any]] = []
+    if noise_from is not None:
+        noise_meta, noise_rows = _run_rows(Path(noise_from))
+        if not meta.get("example_ids") or noise_meta.get("example_ids") != meta.get("example_ids"):
+            raise ValueError(f"{noise_from} decoded other examples than {out_dir}: its noise does not apply")
+    try:
         conf = meta["config"]
         main = Setting(float(conf["temperature"]), int(conf["gamma"]), conf.get("top_p"))
         sweep = conf.get("sweep", "main")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{meta_path}: not a reproduce run.json ({err})") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{out_dir / 'run.json'}: not a reproduce run.json ({err})") from None
     parts: dict[str, list[Setting]] = {}
     if sweep in ("main", "all"):
         parts["main"] = [main]
@@ -268,15 +290,15 @@ def render(out_dir: str | Path, tol: float | None = None, plots: bool = True) ->
     for f in factors:
         parts[f] = list(ROBUSTNESS[f])
     c = float(meta.get("cost_ratio", math.nan))
-    rows = [row for row in PointStore(csv_path).read()
-            if meta.get("n_examples") is None or row["n_examples"] == int(meta["n_examples"])]
     if not math.isnan(c):
         rows = [_with_cost_ratio(row, c) for row in rows]
+        noise_rows = [_with_cost_ratio(row, c) for row in noise_rows]
     if not rows:
-        raise ValueError(f"{csv_path} has no rows of the run's {meta.get('n_examples')} examples")
+        raise ValueError(f"{out_dir / 'points.csv'} has no rows of the run's {meta.get('n_examples')} examples")
     axis = conf.get("axis") or "latency_model"
     _, files, _, _ = render_outputs(out_dir, rows, parts, main, axis, tol, bool(conf.get("interpolate", True)),
-                                    plots, f"{meta.get('task', rows[0]['task'])} / {meta.get('pair', rows[0]['pair'])}")
+                                    plots, f"{meta.get('task', rows[0]['task'])} / {meta.get('pair', rows[0]['pair'])}",
+                                    noise_rows)
     return files
 
 
@@ -296,7 +318,8 @@ def _with_cost_ratio(row: dict[str, Any], c: float) -> dict[str, Any]:
 
 
 def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], summaries: dict[str, list[Summary]],
-                   parts: dict[str, list[Setting]], plots: bool) -> list[Path]:
+                   parts: dict[str, list[Setting]], plots: bool,
+                   noise_rows: Sequence[dict[str, Any]] = ()) -> list[Path]:
     from specref.repro.report import markdown_summaries, write_summary_csv
 
     files = [out_dir / "points.csv"]
@@ -318,13 +341,13 @@ def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], summaries: dict[st
     if "main" in parts:
         main_rows = [row for row in rows if in_settings(row, parts["main"])]
         if main_rows:
-            files.append(plot_cost_quality(main_rows, out_dir / "cost_quality.png"))
+            files.append(plot_cost_quality(main_rows, out_dir / "cost_quality.png", noise_rows=noise_rows))
     for factor, settings in parts.items():
         if factor == "main":
             continue
         sub = [row for row in rows if in_settings(row, settings)]
         if sub and not all(math.isnan(float(x["quality"])) for x in sub):
-            files.append(plot_settings(sub, out_dir / f"robustness_{factor}.png", vary=factor))
+            files.append(plot_settings(sub, out_dir / f"robustness_{factor}.png", vary=factor, noise_rows=noise_rows))
     return files
 
 
@@ -344,13 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--match-tol", type=float, default=None,
                    help="read 'to match' at target - tol instead of the noise band (default: the noise band)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    p.add_argument("--noise-from", default=None, metavar="DIR",
+                   help="a several-seed run on the same examples whose target seed spread is the noise of one-seed "
+                        "settings (default: none; each folder's own seeds or bootstrap)")
     args = p.parse_args(argv)
     if args.match_tol is not None and not args.match_tol >= 0:
         print(f"{p.prog}: error: --match-tol must be >= 0, got {args.match_tol}", file=sys.stderr)
         return 2
     for folder in args.render:
         try:
-            files = render(folder, tol=args.match_tol, plots=not args.no_plot)
+            files = render(folder, tol=args.match_tol, plots=not args.no_plot, noise_from=args.noise_from)
         except (ValueError, FileNotFoundError, OSError) as err:
             print(f"{p.prog}: error: {err}", file=sys.stderr)
             return 2

@@ -22,9 +22,10 @@ paper's Table 2 reads two numbers off each curve; we define them exactly:
    ``noise`` is the standard error of the difference between a method's quality and the target's, estimated
    from the target's own rows (:func:`target_noise`):
 
-   * with ``k >= 2`` seeds: ``SD_T * sqrt(2 / k)``, ``SD_T`` the sample standard deviation of the target's
-     quality over the seeds (the examples fixed, so this is decoding noise only), and ``sqrt(2 / k)`` the
-     standard error of a difference of two ``k``-seed means that share that spread;
+   * with ``k >= 2`` seeds: ``SD * sqrt(2 / k)``, ``SD`` the sample standard deviation over the seeds of a
+     decode of the target's law (the examples fixed, so this is decoding noise only): the target's, pooled
+     with SpecDecode's (variances averaged) when SpecDecode ran the same seeds, since both sample that law;
+     ``sqrt(2 / k)`` makes it the standard error of a difference of two ``k``-seed means;
    * with one seed and a SpecDecode row: SpecDecode's ``quality_diff_se``, the paired bootstrap standard
      error (same resamples of the examples, :mod:`specref.repro.runner`) of SpecDecode's quality minus the
      target's. SpecDecode samples exactly the target's law, so this is the spread between two decodes of
@@ -34,6 +35,8 @@ paper's Table 2 reads two numbers off each curve; we define them exactly:
      comparison cancels, so this band is on the wide side (measured on the zoo translation pair at 48
      examples: 2.15 BLEU against a paired 1.28);
    * either bootstrap is trusted from :data:`MIN_BOOT_EXAMPLES` examples on;
+   * with one seed and a separate several-seed "noise run" on the same examples (``noise_rows``), that
+     run's SD (as above) times ``sqrt(2)`` comes first (seeds measure decoding noise directly);
    * otherwise (one seed and fewer examples, or rows written without ``quality_se``): **not judged**, and
      (a) is NaN with ``match_rule == "not judged"``.
 
@@ -206,19 +209,56 @@ def _not_judged_reason(seeds: int, n_examples: Any, has_se: bool) -> str:
             "without quality_se (written before it was stored: re-decode to judge)")
 
 
+def _by_seed(rows: Sequence[Mapping[str, Any]]) -> dict[Any, float] | None:
+    """Quality per seed (first row of each seed); None when some seed's quality is missing."""
+    out: dict[Any, float] = {}
+    for r in rows:
+        if r.get("seed") not in out:
+            out[r.get("seed")] = _num(r.get("quality"))
+    return out if all(_finite(v) for v in out.values()) else None
+
+
+def _seed_sd(target_rows: Sequence[Mapping[str, Any]],
+             specdecode_rows: Sequence[Mapping[str, Any]]) -> tuple[float, int, str] | None:
+    """Seed-to-seed SD of one decode of the target's law, the number of seeds, and how it was obtained.
+
+    Why pooled with SpecDecode: both sample the target's law, so when SpecDecode ran the same seeds the two
+    variances are averaged: twice the data for an SD that a handful of seeds estimates poorly.
+    """
+    t = _by_seed(target_rows)
+    if t is None or len(t) < 2:
+        return None
+    k = len(t)
+    sd_t = statistics.stdev(t.values())
+    sd_s = _by_seed(specdecode_rows)
+    if sd_s is not None and set(sd_s) == set(t):
+        sd_sp = statistics.stdev(sd_s.values())
+        pooled = math.sqrt((sd_t**2 + sd_sp**2) / 2)
+        return pooled, k, f"SD {pooled:.2f} pooled over target ({sd_t:.2f}) and SpecDecode ({sd_sp:.2f}), {k} seeds"
+    return sd_t, k, f"target SD {sd_t:.2f} over {k} seeds"
+
+
 def target_noise(target_rows: Sequence[Mapping[str, Any]],
-                 specdecode_rows: Sequence[Mapping[str, Any]] = ()) -> Noise:
+                 specdecode_rows: Sequence[Mapping[str, Any]] = (),
+                 noise_run_rows: Sequence[Mapping[str, Any]] = ()) -> Noise:
     """Noise of one setting from its target-only rows and SpecDecode rows, one per seed (module docstring,
-    rule 3)."""
+    rule 3). ``noise_run_rows``: target-only and SpecDecode rows of a separate several-seed run on the SAME
+    examples and setting, whose seed spread stands in for the table's own when the table has one seed."""
     by_seed: dict[Any, Mapping[str, Any]] = {}
     for r in target_rows:
         by_seed.setdefault(r.get("seed"), r)
     k = len(by_seed)
-    qualities = [float(r["quality"]) for r in by_seed.values() if _finite(_num(r.get("quality")))]
-    if k >= 2 and len(qualities) == k:
-        sd = statistics.stdev(qualities)
-        return Noise(sd * math.sqrt(2 / k), "seeds",
-                     f"target SD {sd:.2f} over {k} seeds x sqrt(2/{k})")
+    own = _seed_sd(target_rows, specdecode_rows)
+    if own is not None:
+        sd, k, how = own
+        return Noise(sd * math.sqrt(2 / k), "seeds", f"{how} x sqrt(2/{k})")
+    if _by_seed(target_rows) is None and k:
+        return Noise(math.nan, "", "target quality missing for some seed")
+    extra = _seed_sd([r for r in noise_run_rows if r.get("method") == "target"],
+                     [r for r in noise_run_rows if r.get("method") == "specdecode"])
+    if k == 1 and extra is not None:
+        sd, _, how = extra
+        return Noise(sd * math.sqrt(2), "seeds", f"{how} of the noise run on the same examples x sqrt(2)")
     if k == 1:
         (row,) = by_seed.values()
         se = _num(row.get("quality_se"))
@@ -234,7 +274,7 @@ def target_noise(target_rows: Sequence[Mapping[str, Any]],
             return Noise(math.sqrt(2) * se, "bootstrap",
                          f"target bootstrap SE {se:.2f} over {n} examples{resamples} x sqrt(2)")
         return Noise(math.nan, "", _not_judged_reason(1, n, _finite(se)))
-    return Noise(math.nan, "", "no target rows" if k == 0 else "target quality missing for some seed")
+    return Noise(math.nan, "", "no target rows")
 
 
 @dataclass(frozen=True)
@@ -378,12 +418,15 @@ def summarize(
     interpolate: bool = True,
     exclude: Sequence[str] = ("target", "draft"),
     z: float = Z,
+    noise_rows: Iterable[Mapping[str, Any]] = (),
 ) -> list[Summary]:
     """Table-2 summaries, one per setting found in ``rows`` (dicts with the store's columns).
 
     (a) is read at the target's noise band ``y_T - z * noise`` (module docstring, rule 3) unless ``tol`` is
     given: then at ``y_T - tol`` (0: strictly the target's measured quality), as ``--match-tol`` asks.
-    Methods in ``exclude`` are references, reported in the header rather than as rows.
+    Methods in ``exclude`` are references, reported in the header rather than as rows. ``noise_rows`` are
+    rows of a separate several-seed run on the same examples (a "noise run"); only their target-only and
+    SpecDecode rows are read, and only for a setting whose own rows have one seed (:func:`target_noise`).
     """
     if axis not in COST_AXES:
         raise ValueError(f"unknown cost axis {axis!r}; choose one of {COST_AXES}")
@@ -394,6 +437,10 @@ def summarize(
     raw_by_context: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         raw_by_context[_group_key(r, CONTEXT_COLUMNS)].append(r)
+    extra_by_context: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in noise_rows:
+        if r.get("method") in ("target", "specdecode"):
+            extra_by_context[_group_key(r, CONTEXT_COLUMNS)].append(r)
     summaries = []
     for ctx, raw in raw_by_context.items():
         avg = average_seeds(raw)
@@ -402,7 +449,7 @@ def summarize(
             continue  # no reference in this setting: nothing to summarise against
         y_t = float(target[0]["quality"])
         noise = target_noise([r for r in raw if r["method"] == "target"],
-                             [r for r in raw if r["method"] == "specdecode"])
+                             [r for r in raw if r["method"] == "specdecode"], extra_by_context.get(ctx, ()))
         if tol is not None:
             rule, level = "tol", y_t - tol
         elif noise.judged:
