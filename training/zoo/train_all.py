@@ -109,7 +109,7 @@ def measure_acceptance(pair: str, work: Path, device: str) -> dict:
     tokenizer = load_tokenizer(ZOO_DIR / pair / "tokenizer")
     draft = load_model(work / pair / "draft" / "model", device=dev)
     target = load_model(work / pair / "target" / "model", device=dev)
-    samples = torch.load(work / pair / "target" / "samples.pt")
+    samples = torch.load(work / pair / "target" / "samples.pt", weights_only=True)  # token ids only: no pickle
     result = acceptance(draft, target, samples, tokenizer.pad_token_id, tokenizer.pad_token_id, dev)
     result["samples_from"] = "target, test split prompts, T = 1 (no top-k / top-p)"
     (work / pair / "acceptance.json").write_text(json.dumps(result, indent=1))
