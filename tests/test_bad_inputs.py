@@ -154,9 +154,9 @@ def test_bad_learned_heads():
             return torch.zeros(q.shape[:-1] + (1,), dtype=q.dtype)
 
     with pytest.raises(ValueError, match=r"cascade head returned shape \(3,\), expected \(2,\)"):
-        rules.get("learned", head=WrongShapeCascade())(Q, P)
+        rules.get("learned", head=WrongShapeCascade(), alpha=0.0)(Q, P)
     with pytest.raises(ValueError, match=r"token head returned shape \(1,\), expected \(3,\)"):
-        rules.get("learned", head=WrongShapeToken())(Q, P)
+        rules.get("learned", head=WrongShapeToken(), alpha=0.0)(Q, P)
 
 
 @pytest.mark.parametrize("name", ["specdecode", "token_v3", "opt", "lossy"])
