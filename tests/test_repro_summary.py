@@ -80,6 +80,9 @@ def test_negative_control_tolerance_zero_calls_lossless_specdecode_a_loss():
     assert tol0.match_rule == "tol" and math.isnan(_by(tol0)["specdecode"].cost_at_match)
     assert "never" in format_summaries({"latency_model": [tol0]}).splitlines()[3]
     # an explicit tolerance is honoured as given, and the table says the band was not used
+    wide = [dict(r, quality_se=5.0) for r in rows]  # a band so wide that the draft's 10 is inside it
+    assert "the draft's own 10.00 is within the band" in markdown_summaries({"latency_model": summarize(wide)})
+    assert "the draft's own" not in markdown_summaries({"latency_model": [band]})
     (tol2,) = summarize(rows, tol=1.0)
     assert tol2.match_level == 19.0 and _by(tol2)["specdecode"].speedup == pytest.approx(1 / 0.6)
     assert "given explicitly" in markdown_summaries({"latency_model": [tol2]})

@@ -88,8 +88,10 @@ def _alpha_text(alpha: Any) -> str:
 
 
 def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: str | None,
-          label_alphas: bool = True) -> None:
-    """One panel: every curve of ``avg`` (seed-averaged rows of one setting) on cost axis ``axis``."""
+          label_alphas: bool = True) -> bool:
+    """One panel: every curve of ``avg`` (seed-averaged rows of one setting) on cost axis ``axis``; True when
+    some point got an error bar."""
+    drew_err = False
     curves: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in avg:
         if _finite(r.get(axis)) and _finite(r.get("quality")):
@@ -107,6 +109,7 @@ def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: 
         xs = [float(r[axis]) for r in pts]
         ys = [float(r["quality"]) for r in pts]
         es = [_err(r) for r in pts]
+        drew_err = drew_err or any(es)
         if method == "target":
             ax.axhline(ys[0], color="black", ls="--", lw=1.1, zorder=1)
             ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="*", ms=14, color="black", ls="none",
@@ -120,9 +123,11 @@ def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: 
         color, marker = _STYLE.get(method, ("#444444", "o"))
         ls = _LINESTYLES[opt_index[method] % len(_LINESTYLES)]
         opt_index[method] += 1
-        ax.errorbar(xs, ys, yerr=es if any(es) else None, color=color, marker=marker, ls=ls, lw=1.4,
-                    ms=11 if marker == "*" else 6.5, capsize=2.5, elinewidth=0.8, zorder=3,
-                    label=_curve_label(method, options, n_opts[method]))
+        bars = ax.errorbar(xs, ys, yerr=es if any(es) else None, color=color, marker=marker, ls=ls, lw=1.4,
+                           ms=11 if marker == "*" else 6.5, capsize=2, elinewidth=0.8, zorder=3,
+                           label=_curve_label(method, options, n_opts[method]))
+        for part in (*bars.lines[1], *bars.lines[2]):  # light error bars: the curves stay readable
+            part.set_alpha(0.45)
         if label_alphas:
             for x, y, r in zip(xs, ys, pts):
                 text = _alpha_text(r.get("alpha"))
@@ -137,15 +142,24 @@ def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: 
     ax.grid(alpha=0.25)
     if title:
         ax.set_title(title, fontsize=11)
+    return drew_err
 
 
-def _caption(summary: Any, seeds: int) -> str:
-    bars = ("error bars: +/-1 SE over seeds" if seeds >= 2 else
-            "error bars: +/-1 bootstrap SE over examples (one seed)")
-    if summary is None:
-        return bars
-    band = (f"shaded: target's noise band (+/-{summary.noise.band(summary.z):.2f})" if summary.noise.judged
-            else "target's noise band not judged")
+def _caption(summaries: Sequence[Any], seeds: int, drew_err: bool) -> str:
+    """What the error bars and the shading mean, as drawn."""
+    if not drew_err:
+        bars = "no error bars (one seed, rows without per-example noise)"
+    elif seeds >= 2:
+        bars = "error bars: +/-1 SE over seeds"
+    else:
+        bars = "error bars: +/-1 bootstrap SE over examples (one seed)"
+    judged = [s for s in summaries if s is not None and s.noise.judged]
+    if not judged:
+        band = "target's noise band not judged"
+    elif len(summaries) == 1:
+        band = f"shaded: target's noise band (+/-{judged[0].noise.band(judged[0].z):.2f})"
+    else:
+        band = "shaded: target's noise band"
     return f"{bars}; {band}; numbers next to points: alpha"
 
 
@@ -181,14 +195,15 @@ def plot_cost_quality(
     summary = summaries[0] if summaries else None
     seeds = max((int(r.get("seeds") or 1) for r in avg), default=1)
     fig, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 5.4), squeeze=False)
+    drew_err = False
     for ax, axis in zip(panels[0], axes):
-        _draw(ax, avg, axis, summary, None)
+        drew_err = _draw(ax, avg, axis, summary, None) or drew_err
     handles, labels = panels[0][0].get_legend_handles_labels()
     ncol = min(len(labels), 5)
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=10,
                frameon=False)
     title = context_title(summary) if summary is not None else ""
-    fig.suptitle(f"{title}\n{_caption(summary, seeds)}", fontsize=11)
+    fig.suptitle(f"{title}\n{_caption([summary], seeds, drew_err)}", fontsize=11)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -208,7 +223,7 @@ def plot_settings(
     plt = _setup_matplotlib()
     values = sorted({r[vary] for r in rows}, key=lambda v: (v is None, v if v is not None else 0))
     fig, panels = plt.subplots(1, len(values), figsize=(5.2 * len(values), 4.8), squeeze=False)
-    seeds, first = 1, None
+    seeds, first, drew_err, drawn = 1, None, False, []
     names = {"temperature": "T", "gamma": "gamma", "top_p": "top-p"}
     for ax, v in zip(panels[0], values):
         sub = [r for r in rows if r[vary] == v]
@@ -217,7 +232,8 @@ def plot_settings(
         summ = summarize(sub, noise_rows=noise_rows)
         first = first or (summ[0] if summ else None)
         value = "none" if v is None else f"{v:g}"
-        _draw(ax, avg, axis, summ[0] if summ else None, f"{names.get(vary, vary)} = {value}")
+        drawn.append(summ[0] if summ else None)
+        drew_err = _draw(ax, avg, axis, drawn[-1], f"{names.get(vary, vary)} = {value}") or drew_err
     handles: dict[str, Any] = {}
     for ax in panels[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -229,8 +245,7 @@ def plot_settings(
     if first is not None:
         c = first.context
         head = f"{c['task']} / {c['pair']}: {c['n_examples']} {c['split']} examples x {first.seeds} seed(s)"
-        fig.suptitle(f"{head}, varying {names.get(vary, vary)}\n{_caption(None, seeds)}; numbers next to "
-                     "points: alpha; shaded: target's noise band", fontsize=11)
+        fig.suptitle(f"{head}, varying {names.get(vary, vary)}\n{_caption(drawn, seeds, drew_err)}", fontsize=11)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

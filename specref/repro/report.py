@@ -96,10 +96,14 @@ def match_rule_text(s: Summary) -> str:
     if s.match_rule == "not judged":
         return (f"'to match' not judged: {s.noise.detail} (a single seed's difference from the target can be "
                 "sampling noise)")
-    return (f"'to match': speed-up over the target (latency change) at the cheapest point whose quality is "
+    text = (f"'to match': speed-up over the target (latency change) at the cheapest point whose quality is "
             f"within the target's noise band, >= target - {s.z:g} x noise = {s.match_level:.2f} "
             f"({s.noise.text(s.z)}; noise = standard error of a method's difference from the target) "
             "('never' if none reaches it)")
+    if not _nan(s.draft_quality) and s.draft_quality >= s.match_level:
+        text += (f"; the draft's own {s.draft_quality:.2f} is within the band, so every curve matches at its "
+                 "cheapest point and (a) cannot tell the methods apart here")
+    return text
 
 
 def _legend(s: Summary) -> str:
