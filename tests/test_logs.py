@@ -29,6 +29,7 @@ from specref.logs.offline import (
     token_outcome_candidates,
     token_outcome_exact,
 )
+from specref.logs.store import LogBusyError
 from specref.logs.synthetic import synthetic_logs, write_summary
 from specref.optimal import token_objective
 
@@ -202,7 +203,7 @@ def test_writer_skips_completed_examples_and_refuses_other_jobs(tmp_path):
         assert w.pending(range(4)) == [2, 3]
         with pytest.raises(ValueError, match="already logged"):
             w.add_example(1, "b", _rows(s, 1))
-        with pytest.raises(RuntimeError, match="another process"):
+        with pytest.raises(LogBusyError, match="another process"):
             LogWriter(d, layout, source={"job": 1})
     with pytest.raises(ValueError, match="different job"):
         LogWriter(d, layout, source={"job": 2})
@@ -226,7 +227,7 @@ def _rows(s, ex):
 # where it SIGKILLs itself; "slow" is killed by the test from outside at an arbitrary point.
 _JOB = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import os, signal, sys, tempfile, time
     import numpy as np
     sys.path.insert(0, {root!r})
     from specref.logs import store
@@ -254,8 +255,8 @@ _JOB = textwrap.dedent(
 
     def write(path, data):
         if mode == "partial" and path.name.startswith("shard-") and calls["shard"] == 1:
-            tmp = store._tmp_name(path)
-            with open(tmp, "wb") as h:
+            fd, _ = tempfile.mkstemp(prefix=f".{{path.name}}.tmp-", dir=path.parent)
+            with open(fd, "wb") as h:
                 h.write(data[: len(data) // 2])
                 h.flush()
                 os.fsync(h.fileno())

@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,18 @@ import pyarrow.parquet as pq
 
 from specref.logs.schema import FORMAT, VERSION, Column, LogFormatError, LogLayout, check_names, columns
 
-__all__ = ["LogWriter", "Logs", "open_logs", "read_logs", "read_summary"]
+__all__ = ["LogBusyError", "LogWriter", "Logs", "open_logs", "read_logs", "read_summary"]
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
 _ARROW = {"int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(), "string": pa.string()}
 _NUMPY = {"int32": np.int32, "int64": np.int64, "float32": np.float32}
+#: Shards decoded at once by the reader (each single-threaded; see _read_shard).
+_READ_THREADS = min(8, os.cpu_count() or 1)
+
+
+class LogBusyError(ValueError):
+    """Another process holds the lock of a log directory (two writers would interleave their shards)."""
 
 
 def arrow_schema(layout: LogLayout) -> pa.Schema:
@@ -60,18 +68,24 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _commit(tmp, path)
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory.
+
+    The temp file has a unique name (``.NAME.tmp-XXXXXXXX`` next to ``path``, created exclusively), so two
+    writers never share one, and it lives in the destination folder, so the rename never crosses a device.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _commit(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _commit(tmp: Path, path: Path) -> None:
@@ -176,13 +190,19 @@ class LogWriter:
         self._columns: list[Column] = columns(layout)
         self._schema = arrow_schema(layout)
         self._buffer: list[tuple[int, str, dict[str, np.ndarray]]] = []
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"the log output {self.directory} exists and is not a folder; give a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.directory / ".lock", "a+")  # noqa: SIM115 - held for the writer's lifetime
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise RuntimeError(f"another process is writing logs to {self.directory}") from None
+            # Checked before the manifest is read or anything is cleaned up: the running job loses nothing.
+            raise LogBusyError(
+                f"another process is writing logs to {self.directory} (it holds {self.directory / '.lock'}); "
+                "wait for it to finish or write to another folder"
+            ) from None
         self._manifest = self._open_manifest(overwrite)
         self._cleanup()
         self.completed: set[int] = set()
@@ -395,38 +415,25 @@ def open_logs(
         warnings.warn(f"{directory}: ignoring unlisted shard files {strays} (left by an interrupted job)",
                       stacklevel=2)
     read_names = sorted(set(names) | {"example_index", "position"}, key=expected.names.index)
-    tables = []
-    for shard in manifest["shards"]:
-        path = directory / shard["file"]
-        if not path.is_file():
-            raise LogFormatError(f"shard {path} listed in the manifest is missing")
-        blob = path.read_bytes()
-        if len(blob) != int(shard["bytes"]):
-            raise LogFormatError(
-                f"shard {path} is truncated or was modified: {len(blob)} bytes, manifest says {shard['bytes']}"
-            )
-        if verify_checksums and _sha256(blob) != shard["sha256"]:
-            raise LogFormatError(f"shard {path} is corrupt: its sha256 does not match the manifest")
-        try:
-            parquet = pq.ParquetFile(pa.BufferReader(blob))
-        except (pa.ArrowException, OSError) as err:
-            raise LogFormatError(f"shard {path} is not a readable Parquet file: {err}") from None
-        if not parquet.schema_arrow.equals(expected):
-            raise LogFormatError(
-                f"shard {path} has schema\n{parquet.schema_arrow}\nbut the layout expects\n{expected}"
-            )
-        try:
-            table = parquet.read(columns=read_names)
-        except (pa.ArrowException, OSError) as err:
-            raise LogFormatError(f"shard {path} is not a readable Parquet file: {err}") from None
-        if table.num_rows != int(shard["rows"]):
-            raise LogFormatError(f"shard {path} has {table.num_rows} rows, the manifest says {shard['rows']}")
-        index = table.column("example_index").to_numpy()
-        allowed = _from_ranges(shard["examples"])
-        if index.size and not set(np.unique(index).tolist()) <= allowed:
-            raise LogFormatError(f"shard {path} holds examples outside its manifest ranges {shard['examples']}")
-        _check_order(table, path)
-        tables.append(table)
+    shards = manifest["shards"]
+
+    def read(shard: Mapping[str, Any]) -> pa.Table:
+        return _read_shard(directory / shard["file"], shard, expected, read_names, verify_checksums)
+
+    # Each shard is decoded single-threaded in a worker of this pool, which ``with`` joins before any error
+    # propagates. Arrow's own thread pool (use_threads=True) would keep decoding the other columns of a
+    # failed shard after the exception, and a process exiting with that work in flight aborts
+    # ("terminate called without an active exception", SIGABRT) once torch is loaded.
+    if len(shards) > 1 and _READ_THREADS > 1:
+        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(shards))) as pool:
+            futures = [pool.submit(read, shard) for shard in shards]
+            done = [(f.result() if f.exception() is None else f.exception()) for f in futures]
+        for item in done:  # the first bad shard in manifest order, whatever finished first
+            if isinstance(item, BaseException):
+                raise item
+        tables = list(done)
+    else:
+        tables = [read(shard) for shard in shards]
     table = pa.concat_tables(tables) if tables else expected.empty_table().select(read_names)
     return Logs(
         directory=directory,
@@ -435,6 +442,61 @@ def open_logs(
         finished=bool(manifest.get("finished", False)),
         table=table.select(names),
     )
+
+
+def _read_shard(
+    path: Path, shard: Mapping[str, Any], expected: pa.Schema, read_names: list[str], verify_checksums: bool
+) -> pa.Table:
+    """One listed shard, fully validated (size, sha256, schema, rows, example ranges, order, finite floats)."""
+    if not path.is_file():
+        raise LogFormatError(f"shard {path} listed in the manifest is missing")
+    blob = path.read_bytes()  # read whole, never memory-mapped: a file changed under us cannot fault later
+    if len(blob) != int(shard["bytes"]):
+        raise LogFormatError(
+            f"shard {path} is truncated or was modified: {len(blob)} bytes, manifest says {shard['bytes']}"
+        )
+    if verify_checksums and _sha256(blob) != shard["sha256"]:
+        raise LogFormatError(f"shard {path} is corrupt: its sha256 does not match the manifest")
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(blob))
+        schema = parquet.schema_arrow
+    except (pa.ArrowException, OSError) as err:
+        raise LogFormatError(f"shard {path} is not a readable Parquet file: {err}") from None
+    if not schema.equals(expected):
+        raise LogFormatError(f"shard {path} has schema\n{schema}\nbut the layout expects\n{expected}")
+    try:
+        table = parquet.read(columns=read_names, use_threads=False)
+    except (pa.ArrowException, OSError) as err:
+        raise LogFormatError(f"shard {path} is not a readable Parquet file: {err}") from None
+    if table.num_rows != int(shard["rows"]):
+        raise LogFormatError(f"shard {path} has {table.num_rows} rows, the manifest says {shard['rows']}")
+    index = table.column("example_index").to_numpy()
+    allowed = _from_ranges(shard["examples"])
+    if index.size and not set(np.unique(index).tolist()) <= allowed:
+        raise LogFormatError(f"shard {path} holds examples outside its manifest ranges {shard['examples']}")
+    _check_order(table, path)
+    _check_finite(table, path)
+    return table
+
+
+def _check_finite(table: pa.Table, path: Path) -> None:
+    # Probabilities, entropies and hidden states are finite by construction; a NaN or inf means a broken
+    # model or file, and every rule and head would silently decide on it.
+    for name in table.column_names:
+        typ = table.schema.field(name).type
+        values = table.column(name)
+        if pa.types.is_fixed_size_list(typ):
+            if not pa.types.is_floating(typ.value_type):
+                continue
+            arr = values.combine_chunks() if values.num_chunks else pa.array([], type=typ)
+            flat = arr.flatten().to_numpy(zero_copy_only=False)
+        elif pa.types.is_floating(typ):
+            flat = values.to_numpy()
+        else:
+            continue
+        bad = ~np.isfinite(flat)
+        if bad.any():
+            raise LogFormatError(f"shard {path}: column {name!r} holds {int(bad.sum())} non-finite values (NaN/inf)")
 
 
 def _check_order(table: pa.Table, path: Path) -> None:
@@ -460,8 +522,10 @@ def read_summary(
 ) -> tuple[dict[str, Any], LogLayout]:
     """Validated columns of one or more log directories, concatenated (``example_id`` as a list of str).
 
-    Column names starting with any prefix in ``skip`` are not read. The logs must agree on top_k, the
-    vocabulary and the hidden features; the returned layout is the first one's.
+    Column names starting with any prefix in ``skip`` are not read. The logs must have equal layouts (the
+    alpha grid may differ only when the token-rule columns are skipped) and must not share an example: a
+    folder given twice, or two folders logging the same example id, would count its rows twice. Returns the
+    concatenated columns and the first log's layout.
     """
     import torch
 
@@ -469,13 +533,27 @@ def read_summary(
         paths = [paths]
     if not paths:
         raise ValueError("no log directories given")
+    seen: dict[Path, str] = {}
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise ValueError(f"the log folder {path} is given twice (as {seen[key]!r} and {str(path)!r}); "
+                             "its examples would be counted twice")
+        seen[key] = str(path)
     parts, layout = [], None
+    owner: dict[str, str] = {}  # example id -> the folder that logged it
     for path in paths:
         logs = open_logs(path)
-        key = (logs.layout.top_k, logs.layout.vocab_size, logs.layout.hidden)
-        if layout is not None and key != (layout.top_k, layout.vocab_size, layout.hidden):
-            raise LogFormatError(f"{path} has a different layout ({logs.layout}) than {paths[0]} ({layout})")
+        if layout is not None:
+            _check_compatible(logs.layout, layout, path, paths[0], skip)
         layout = layout or logs.layout
+        ids = logs.table.column("example_id").unique().to_pylist()
+        shared = [eid for eid in ids if eid in owner]
+        if shared:
+            shown = ", ".join(repr(e) for e in shared[:5]) + (", ..." if len(shared) > 5 else "")
+            raise ValueError(f"logs {owner[shared[0]]} and {path} share {len(shared)} examples ({shown}); each "
+                             "example must come from one log, or its rows are counted twice")
+        owner.update(dict.fromkeys(ids, str(path)))
         names = [n for n in logs.table.column_names if not any(n.startswith(p) for p in skip)]
         parts.append(logs.to_torch(names))
     names = [n for n in parts[0] if all(n in part for part in parts)]
@@ -487,3 +565,15 @@ def read_summary(
             out[name] = torch.cat([part[name] for part in parts])
     assert layout is not None
     return out, layout
+
+
+def _check_compatible(got: LogLayout, first: LogLayout, path: Any, first_path: Any, skip: Sequence[str]) -> None:
+    """Refuse logs whose columns differ from the first log's (their widths could not be concatenated)."""
+    fields = ["top_k", "vocab_size", "tail_points", "reference", "on_policy", "hidden"]
+    if not any(str(p).startswith("token_") for p in skip):
+        fields.append("alphas")
+    diff = [f"{f}: {getattr(got, f)!r} vs {getattr(first, f)!r}" for f in fields
+            if getattr(got, f) != getattr(first, f)]
+    if diff:
+        raise LogFormatError(f"{path} has a different layout than {first_path} ({'; '.join(diff)}); "
+                             "logs read together must share one layout")
