@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from specref.heads.features import FeatureSpec, context_features, live_summary, token_features
-from specref.heads.modules import CascadeHead, Head, MLPBody, TokenHead, TreeBody
+from specref.heads.modules import CascadeHead, Head, MLPBody, TokenHead, TreeBody, check_finite
 from specref.heads.targets import cascade_targets, token_targets
 
 __all__ = ["MODELS", "SklearnHead", "fit_sklearn_head", "training_arrays"]
@@ -97,9 +97,9 @@ class SklearnHead:
     def estimate(self, q_rule: Tensor, p_rule: Tensor, q=None, p=None, features=None) -> Tensor:
         summary = live_summary(self.spec, q_rule, p_rule)
         if self.kind == "cascade":
-            return self.predict(context_features(summary, self.spec, features))
+            return check_finite(self.predict(context_features(summary, self.spec, features)), self.kind)
         ids, x, valid = token_features(summary, self.spec, features)
-        scores = torch.where(valid, self.predict(x), 0.0)
+        scores = check_finite(torch.where(valid, self.predict(x), 0.0), self.kind)
         out = torch.zeros(q_rule.shape, dtype=scores.dtype, device=q_rule.device)
         return out.scatter_reduce(-1, ids, scores, reduce="amax")
 

@@ -5,16 +5,20 @@ A saved head is a directory::
     head.json          {"format": "specref-head", "version": 1, "config": {...}, "weights": {file, sha256, bytes}}
     head.safetensors   the module's state dict (parameters and buffers)
 
-Loading checks the JSON, the weights' size and sha256 (a truncated or modified file is caught before it is
-parsed), the safetensors header, and that the tensors match the config exactly (names, shapes, dtypes).
-Every failure is a :class:`HeadFormatError` naming the file.
+Loading checks the JSON, that the weights file named there is a file inside the head's folder, its size and
+sha256 (a truncated or modified file is caught before it is parsed), the safetensors header, that the
+tensors match the config exactly (names, shapes, dtypes) and that every one is finite (a NaN weight would
+make every estimate NaN, and a NaN comparison never defers: the head would decode as the draft alone).
+Every failure is a :class:`HeadFormatError` naming the file (and the tensor).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +39,23 @@ class HeadFormatError(ValueError):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Temp file with a unique name in ``path``'s folder (two savers never share one), fsync, rename."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save(head: Head, path: str | os.PathLike[str]) -> Path:
@@ -48,6 +63,8 @@ def save(head: Head, path: str | os.PathLike[str]) -> Path:
     from safetensors.torch import save as st_save
 
     directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise HeadFormatError(f"cannot save a head to {directory}: it exists and is not a folder")
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu().contiguous() for name, t in head.state_dict().items()}
     config = head.config()
@@ -97,9 +114,11 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     doc = read_config(directory)
     try:
         weights = doc["weights"]
-        w_path = directory / str(weights["file"])
+        w_path = _weights_path(directory, weights["file"])
         expected_sha, expected_bytes = str(weights["sha256"]), int(weights["bytes"])
         head = build_head(doc["config"])
+    except HeadFormatError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise HeadFormatError(f"{directory / CONFIG_FILE} has a malformed config: {err}") from None
     if not w_path.is_file():
@@ -126,5 +145,28 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
                 f"weights in {w_path}: {name} is {tuple(state[name].shape)} {state[name].dtype}, the config needs "
                 f"{tuple(tensor.shape)} {tensor.dtype}"
             )
+        if tensor.is_floating_point() and not bool(torch.isfinite(state[name]).all()):
+            bad = int((~torch.isfinite(state[name])).sum())
+            raise HeadFormatError(f"weights in {w_path}: {name} holds {bad} non-finite values (NaN/inf); "
+                                  "a head with them cannot estimate anything")
+    scale = state.get("scaler.scale")
+    if scale is not None and bool((scale == 0).any()):
+        raise HeadFormatError(f"weights in {w_path}: scaler.scale has zeros (the standardiser would divide by 0)")
     head.load_state_dict(state, strict=True)
     return head.to(map_location).eval()
+
+
+def _weights_path(directory: Path, name: Any) -> Path:
+    """The weights file named in head.json: a plain file inside the head's folder, never a path out of it."""
+    if not isinstance(name, str) or not name:
+        raise HeadFormatError(f"{directory / CONFIG_FILE}: weights file must be a file name, got {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise HeadFormatError(f"{directory / CONFIG_FILE}: weights file {name!r} is outside the head's folder; "
+                              "it must be a file name inside it (like head.safetensors)")
+    path = directory / rel
+    # A symlink could still lead out of the folder: compare the resolved locations.
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise HeadFormatError(f"{directory / CONFIG_FILE}: weights file {name!r} resolves outside the head's "
+                              f"folder ({path.resolve()})")
+    return path

@@ -21,10 +21,27 @@ from torch import Tensor, nn
 
 from specref.heads.features import FeatureSpec, context_features, live_summary, token_features
 
-__all__ = ["BODIES", "CascadeHead", "Head", "MLPBody", "Standardize", "TokenHead", "TreeBody", "build_head"]
+__all__ = [
+    "BODIES", "CascadeHead", "Head", "MLPBody", "Standardize", "TokenHead", "TreeBody", "build_head", "check_finite",
+]
 
 BODIES = ("mlp", "trees")
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def check_finite(estimates: Tensor, kind: str) -> Tensor:  # [..., 2] or [..., V]
+    """``estimates`` unchanged, or a ValueError if any is NaN/inf.
+
+    A NaN estimate makes every comparison of the learned rule false, so the rule would silently never defer
+    (decode as the draft alone). Weights are checked on load; this catches non-finite inputs (hidden states,
+    a broken model's distributions) at decode time. It costs one device-to-host sync per call.
+    """
+    if not bool(torch.isfinite(estimates).all()):
+        bad = int((~torch.isfinite(estimates)).sum())
+        raise ValueError(f"the {kind} deferral head produced {bad} non-finite estimates (NaN/inf) of "
+                         f"{estimates.numel()}: its inputs or weights are broken, so no deferral decision can "
+                         "be made from them")
+    return estimates
 
 
 class Standardize(nn.Module):
@@ -208,7 +225,7 @@ class CascadeHead(Head):
     ) -> Tensor:  # [..., 2]
         summary = live_summary(self.spec, q_rule, p_rule)
         x = self.features(summary, features).to(self._param_device())
-        return self.predict(x).to(q_rule.device)
+        return check_finite(self.predict(x).to(q_rule.device), self.kind)
 
 
 class TokenHead(Head):
@@ -242,8 +259,10 @@ class TokenHead(Head):
         summary = live_summary(self.spec, q_rule, p_rule)
         ids, scores, valid = self.candidate_scores(summary, features)
         out = torch.zeros(q_rule.shape, dtype=scores.dtype, device=q_rule.device)
+        # Checked before the scatter, which could hide a NaN behind its twin's score on a duplicate id.
+        masked = check_finite(torch.where(valid, scores, 0.0), self.kind)
         # A masked duplicate scatters 0 onto its twin's id; amax keeps the twin's score.
-        return out.scatter_reduce(-1, ids, torch.where(valid, scores, 0.0), reduce="amax")
+        return out.scatter_reduce(-1, ids, masked, reduce="amax")
 
 
 _HEADS = {"cascade": CascadeHead, "token": TokenHead}
