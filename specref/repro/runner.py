@@ -255,18 +255,20 @@ def bootstrap_se(task: Any, predictions: Sequence[str], examples: Sequence[Any],
     return float(vals.std(ddof=1)), int(len(vals))
 
 
-def paired_bootstrap_se(task: Any, predictions: Sequence[str], reference: Sequence[str], examples: Sequence[Any],
-                        quality: float | None = None, reference_quality: float | None = None,
+def paired_bootstrap_se(task: Any, predictions: Sequence[str], reference: Sequence[str] | Any,
+                        examples: Sequence[Any], quality: float | None = None,
                         n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> float:
     """Standard error of ``metric(predictions) - metric(reference)`` over the SAME resamples of the examples.
 
     Why paired: both lists score the same examples, so example-to-example variation cancels and what is left
-    is the decoding noise (plus any real per-example difference). NaN with fewer than 2 examples.
+    is the decoding noise (plus any real per-example difference). ``reference`` is a list of predictions or
+    its :func:`bootstrap_values` already computed (a run scores many points against one baseline). NaN with
+    fewer than 2 examples.
     """
     if len(predictions) < 2:
         return math.nan
     a = bootstrap_values(task, predictions, examples, quality, n_boot, seed)
-    b = bootstrap_values(task, reference, examples, reference_quality, n_boot, seed)
+    b = reference if hasattr(reference, "dtype") else bootstrap_values(task, reference, examples, None, n_boot, seed)
     if len(a) != len(b):  # one list decomposed and the other did not: the resamples differ
         return math.nan
     return float((a - b).std(ddof=1))
@@ -286,13 +288,13 @@ def _request(point: Point, info: RunInfo) -> DecodeRequest:
 
 
 def _row(point: Point, out: DecodeOutput, base: DecodeOutput, info: RunInfo, device: str,
-         c_measured: float) -> dict[str, Any]:
+         c_measured: float, base_boot: Any = None) -> dict[str, Any]:
     spec = get_method(point.method)
     scores = info.task.score(out.predictions, info.examples)
     quality = scores[info.task.metric_name]
     se, n_boot = bootstrap_se(info.task, out.predictions, info.examples, quality)
-    diff_se = 0.0 if out is base else paired_bootstrap_se(info.task, out.predictions, base.predictions,
-                                                          info.examples, quality)
+    diff_se = 0.0 if out is base else paired_bootstrap_se(
+        info.task, out.predictions, base.predictions if base_boot is None else base_boot, info.examples, quality)
     c = info.cost_ratio
     return {
         **info.key_fields(point),
@@ -419,13 +421,16 @@ def _run_group(backend, store, info, pts, stored, report, bar, on_row) -> None:
         report.baseline_redecodes += 1
         _check_same(store, info, stored_target[0], base, report)
     c_measured = math.nan
+    base_boot = None
     for pt in pts:
         if row_key(info.key_fields(pt)) in stored:
             continue
         out = decode(pt)
         if pt.method == "draft":
             c_measured = _ratio(_ratio(out.wall_s, out.draft_calls), _ratio(base.wall_s, base.target_calls))
-        row = _row(pt, out, base, info, backend.device, c_measured)
+        if base_boot is None and out is not base and len(info.examples) >= 2:
+            base_boot = bootstrap_values(info.task, base.predictions, info.examples)  # once per baseline
+        row = _row(pt, out, base, info, backend.device, c_measured, base_boot)
         if store.append(row):
             report.written += 1
             stored.add(row_key(row))
