@@ -11,9 +11,12 @@ exact) and ``argmax_uncertain`` (fraction of rows whose argmax loss could be off
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,12 @@ from specref.logs.offline import (
 )
 from specref.logs.schema import TOKEN_RULES
 
-__all__ = ["CASCADE_BASELINES", "FIELDS", "evaluate", "head_estimates", "plot", "write_csv"]
+__all__ = ["BASELINES", "CASCADE_BASELINES", "FIELDS", "check_alphas", "check_methods", "evaluate", "head_estimates",
+           "plot", "write_csv"]
 
 CASCADE_BASELINES = ("draft", "specdecode", "chow", "diff", "opt")
+#: Every baseline method name, in table order (also the names a learned head may not take).
+BASELINES = (*CASCADE_BASELINES, *TOKEN_RULES, "oracle")
 FIELDS = (
     "method", "kind", "alpha", "loss", "l_spec", "quality_loss", "deferral_rate", "rejection_rate",
     "rejection_bound", "argmax_uncertain", "rows",
@@ -42,13 +48,36 @@ FIELDS = (
 _CHUNK = 8192
 
 
+def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """The baseline names asked for, deduplicated in order; a ValueError names any unknown one."""
+    wanted = tuple(dict.fromkeys(m.strip() for m in methods))
+    unknown = [m for m in wanted if m not in BASELINES]
+    if unknown or not wanted:
+        raise ValueError(f"unknown method {', '.join(repr(m) for m in unknown) or repr('')}; "
+                         f"choose from {', '.join(BASELINES)}")
+    return wanted
+
+
+def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    """The alpha grid, deduplicated in order: each finite and >= 0 (alpha prices a rejection in
+    ``L_spec = loss + alpha * rejection``; a negative price would reward rejections)."""
+    out = tuple(dict.fromkeys(float(a) for a in alphas))
+    bad = [a for a in out if not (math.isfinite(a) and a >= 0)]
+    if bad or not out:
+        raise ValueError(f"alpha {', '.join(repr(a) for a in bad) or '(none)'} is out of range: every alpha of "
+                         "the offline evaluation must be a finite number >= 0")
+    return out
+
+
 def _predict(head: Any, x: Tensor) -> Tensor:
     """``head.predict`` on the head's device (torch heads may live on a GPU), back on ``x``'s device."""
+    from specref.heads.modules import check_finite
+
     buffers = getattr(head, "buffers", None)
     first = next(buffers(), None) if callable(buffers) else None
     with torch.no_grad():
         out = head.predict(x if first is None else x.to(first.device))
-    return out.float().to(x.device)
+    return check_finite(out.float().to(x.device), head.kind)
 
 
 def _candidate_scores_on_log(head: Any, summary: Mapping[str, Tensor], extra: Mapping[str, Tensor] | None) -> Tensor:
@@ -117,11 +146,21 @@ def evaluate(
     losses: Sequence[str] = ("argmax", "sampled"),
 ) -> list[dict[str, Any]]:
     """Rows of the evaluation table (see module docstring). Token baselines appear only at alphas of the
-    log's grid (their exact values exist only there)."""
+    log's grid (their exact values exist only there).
+
+    Refused (ValueError): an unknown method, an alpha < 0 or not finite, a head named like a baseline, and a
+    method asked for by name that yields no row (a token rule at alphas off the log's grid, or on logs
+    without its columns): an empty or partial table never passes for a result."""
     if "reference" not in summary:
         raise ValueError("offline evaluation needs logs with a reference token")
     heads = dict(heads or {})
-    wanted = set(methods) if methods is not None else set(CASCADE_BASELINES) | set(TOKEN_RULES) | {"oracle"}
+    alphas = check_alphas(alphas)
+    clash = [name for name in heads if name in BASELINES]
+    if clash:
+        raise ValueError(f"a head may not be named {clash[0]!r}: it would replace that baseline's rows; "
+                         f"name it NAME=PATH with a NAME not in {', '.join(BASELINES)}")
+    explicit = methods is not None
+    wanted = set(check_methods(methods)) if methods is not None else set(BASELINES)
     vocab = int(vocab_size or 0)
     rows: list[dict[str, Any]] = []
     estimates = {name: head_estimates(h, summary) for name, h in heads.items()}
@@ -152,18 +191,40 @@ def evaluate(
                 defer, tail = learned_token_decisions(est, valid, alpha)
                 o = token_outcome_candidates(summary, defer, tail, vocab)
             rows += [_row(name, head.kind, alpha, loss, o) for loss in losses]
+    if explicit:
+        got = {r["method"] for r in rows}
+        for rule in (m for m in TOKEN_RULES if m in wanted and m not in got):
+            if f"{rule}_eta" not in summary:
+                raise ValueError(f"{rule} needs the exact token-rule columns, which these logs lack "
+                                 "(on-policy logs, or logged with no alpha grid)")
+            raise ValueError(f"{rule} is exact only at the logs' alpha grid ({', '.join(f'{a:g}' for a in log_alphas)})"
+                             f"; none of the alphas {', '.join(f'{a:g}' for a in alphas)} is on it")
     return rows
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a uniquely named temp file in its folder (a reader never sees half a
+    file, two runs never share a temp file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(FIELDS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in FIELDS})
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
     return path
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(FIELDS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in FIELDS})
+    return _atomic_write(Path(path), text.getvalue().encode("utf-8"))
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: str = "sampled") -> Path:
@@ -175,7 +236,6 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: 
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
@@ -194,6 +254,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: 
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return _atomic_write(path, buf.getvalue())

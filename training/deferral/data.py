@@ -38,6 +38,15 @@ def select(summary: Mapping[str, Any], mask: Tensor) -> dict[str, Any]:
     return out
 
 
+def _check_disjoint(train_ids: Sequence[str], val_ids: Sequence[str]) -> None:
+    """Validation examples that are also trained on would make every validation metric optimistic."""
+    shared = sorted(set(train_ids) & set(val_ids))
+    if shared:
+        shown = ", ".join(repr(e) for e in shared[:5]) + (", ..." if len(shared) > 5 else "")
+        raise ValueError(f"the validation logs share {len(shared)} examples with the training logs ({shown}); "
+                         "validate on held-out examples only")
+
+
 class _Rows(Dataset):
     """Indexable by a LIST of row indices (used with a BatchSampler): one gather per batch, no collate."""
 
@@ -90,6 +99,7 @@ class LogsDataModule(pl.LightningDataModule):
         summary, self.layout = load_summary(hp.logs)
         if hp.val_logs is not None:
             train, (val, _) = summary, load_summary(hp.val_logs)
+            _check_disjoint(train["example_id"], val["example_id"])
         else:
             held = holdout_mask(summary["example_id"], hp.val_fraction, hp.split_seed)
             train, val = select(summary, ~held), select(summary, held)
