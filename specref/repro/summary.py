@@ -20,25 +20,24 @@ paper's Table 2 reads two numbers off each curve; we define them exactly:
 
    **The match level is the target's noise band**: ``y_T - Z * noise`` with ``Z = 2`` (:data:`Z`), where
    ``noise`` is the standard error of the difference between a method's quality and the target's, estimated
-   from the target's own rows (:func:`target_noise`):
+   from rows that decode the target's law (target-only and SpecDecode; :func:`target_noise`), the first of:
 
-   * with ``k >= 2`` seeds: ``SD * sqrt(2 / k)``, ``SD`` the sample standard deviation over the seeds of a
-     decode of the target's law (the examples fixed, so this is decoding noise only): the target's, pooled
-     with SpecDecode's (variances averaged) when SpecDecode ran the same seeds, since both sample that law;
-     ``sqrt(2 / k)`` makes it the standard error of a difference of two ``k``-seed means;
-   * with one seed and a SpecDecode row: SpecDecode's ``quality_diff_se``, the paired bootstrap standard
-     error (same resamples of the examples, :mod:`specref.repro.runner`) of SpecDecode's quality minus the
-     target's. SpecDecode samples exactly the target's law, so this is the spread between two decodes of
-     that law on these examples, example-to-example variation cancelled;
-   * with one seed and no such row: ``sqrt(2) * SE_T``, ``SE_T`` the bootstrap standard error of the
-     target's quality (``quality_se``). It also counts example-to-example variation, which a paired
-     comparison cancels, so this band is on the wide side (measured on the zoo translation pair at 48
-     examples: 2.15 BLEU against a paired 1.28);
-   * either bootstrap is trusted from :data:`MIN_BOOT_EXAMPLES` examples on;
-   * with one seed and a separate several-seed "noise run" on the same examples (``noise_rows``), that
-     run's SD (as above) times ``sqrt(2)`` comes first (seeds measure decoding noise directly);
-   * otherwise (one seed and fewer examples, or rows written without ``quality_se``): **not judged**, and
-     (a) is NaN with ``match_rule == "not judged"``.
+   * ``k >= 2`` seeds: ``SD * sqrt(2 / k)``, ``SD`` the sample standard deviation over the seeds (the
+     examples fixed, so this is decoding noise only) of the target's quality, pooled with SpecDecode's
+     (variances averaged) when SpecDecode ran the same seeds, since both sample that law; ``sqrt(2 / k)``
+     makes it the standard error of a difference of two ``k``-seed means;
+   * one seed and a separate several-seed "noise run" on the same examples (``noise_rows``): that run's SD
+     (as above) times ``sqrt(2)``;
+   * one seed and a SpecDecode row with ``quality_diff_se``: that paired bootstrap standard error (the same
+     resamples of the examples for both, :mod:`specref.repro.runner`) of SpecDecode's quality minus the
+     target's: the spread between two decodes of the target's law on these examples, with the
+     example-to-example variation cancelled;
+   * one seed otherwise: ``sqrt(2) * SE_T``, ``SE_T`` the bootstrap standard error of the target's quality
+     (``quality_se``). It also counts example-to-example variation, which a paired comparison cancels, so
+     this band is on the wide side (on the zoo translation pair at 48 examples: 2.15 BLEU against a paired
+     1.28);
+   * neither bootstrap with fewer than :data:`MIN_BOOT_EXAMPLES` examples, nor rows written without the
+     bootstrap columns: **not judged**, and (a) is NaN with ``match_rule == "not judged"``.
 
    Why ``Z = 2``: a method that samples exactly the target's law (SpecDecode) lands below ``y_T - 2 noise``
    about 2% of the time; a tighter band would report sampling noise as a quality loss, a wider one would
