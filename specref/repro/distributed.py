@@ -139,8 +139,7 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
     if backend is None:
         from specref.repro.hf import HFBackend
 
-        backend = HFBackend.from_setup(setup, device=device, head=head)
-        backend.engine = engine
+        backend = HFBackend.from_setup(setup, device=device, head=head, engine=engine)
     elif head is not None:
         backend.head = head
     points, _ = _plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
@@ -199,11 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
-    from specref.cli.reproduce import _device
+    from specref.loading import resolve_device
 
-    device = _device(args.device) if args.device == "auto" else args.device
-    if device.startswith("cuda") and ":" not in device:
-        device = f"cuda:{local_rank}"
+    try:
+        device = resolve_device(args.device)
+        if device == "cuda":
+            device = resolve_device(f"cuda:{local_rank}")  # one device per rank
+    except ValueError as err:
+        print(f"specref.repro.distributed (rank {rank}): error: {err}", file=sys.stderr)
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+        return 2
     import torch
 
     if device.startswith("cuda"):
@@ -231,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and args.timing_json:
             with open(args.timing_json, "w") as fh:
                 json.dump(timings, fh, indent=1)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"specref.repro.distributed (rank {rank}): error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as err:
+        # the same one-line errors as `specref reproduce` (a bad setup, model, tokenizer or weights file)
+        print(f"specref.repro.distributed (rank {rank}): error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     finally:
         if dist is not None and dist.is_initialized():

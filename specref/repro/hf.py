@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from specref.decode.step_cost import step_cost_ratio
+from specref.defaults import ENGINES
 from specref.repro.backend import DecodeOutput, DecodeRequest
 from specref.repro.setups import Setup
 
@@ -24,28 +26,6 @@ def example_seed(seed: int, example_id: str) -> int:
     """A 56-bit seed for one example of one trial: a pure function of the trial seed and the example id."""
     digest = hashlib.sha256(f"{int(seed)}\x00{example_id}".encode()).digest()
     return int.from_bytes(digest[:7], "little")
-
-
-def _step_params(model: Any) -> int:
-    """Parameters one decoding step multiplies by: the decoder stack and the output projection.
-
-    The encoder of a seq2seq model runs once per prompt (prefill, outside the per-token cost model) and an
-    input embedding is a table lookup, so neither counts; a tied output projection does.
-    """
-    emb = model.get_input_embeddings().weight
-    out = model.get_output_embeddings()
-    tied = out is not None and out.weight is emb
-    total = 0
-    for name, p in model.named_parameters():
-        if name.startswith("encoder.") or p is emb:
-            continue
-        total += p.numel()
-    return total + (emb.numel() if tied else 0)
-
-
-def step_cost_ratio(draft: Any, target: Any) -> float:
-    """Deterministic proxy of ``c``: the ratio of per-step parameters (FLOPs per token are ~2 per parameter)."""
-    return _step_params(draft) / _step_params(target)
 
 
 def build_standin_model(arch: dict[str, Any], family: str, tokenizer: Any, seed: int) -> Any:
@@ -69,19 +49,14 @@ def build_standin_model(arch: dict[str, Any], family: str, tokenizer: Any, seed:
     return model.eval()
 
 
-def _dtype(name: str) -> torch.dtype:
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from None
-
-
 class HFBackend:
     """Decodes task examples with :func:`specref.decode.make_decoder` on a loaded draft/target pair."""
 
     def __init__(self, draft: Any, target: Any, tokenizer: Any, task: Any, device: str = "cpu",
                  cost_ratio: float | None = None, cost_ratio_source: str = "given", head: Any = None,
-                 card: dict[str, Any] | None = None) -> None:
+                 card: dict[str, Any] | None = None, engine: str = "plain") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
         self.draft, self.target, self.tokenizer, self.task = draft, target, tokenizer, task
         self.torch_device = torch.device(device)
         self.device = str(self.torch_device)
@@ -89,8 +64,8 @@ class HFBackend:
             self.device += f" ({torch.cuda.get_device_name(self.torch_device)})"
         self.head = head
         self.card = card or {}
-        #: decoding engine handed to make_decoder ("plain" or "fast": identical outputs; see docs/performance.md)
-        self.engine = "plain"
+        #: decoding engine handed to make_decoder (identical outputs at different speeds; docs/performance.md)
+        self.engine = engine
         if cost_ratio is not None:
             self._c = (float(cost_ratio), cost_ratio_source)
         elif isinstance(self.card.get("cost_ratio"), (int, float)):
@@ -104,20 +79,29 @@ class HFBackend:
 
     @classmethod
     def from_setup(cls, setup: Setup, device: str = "cpu", cost_ratio: float | None = None,
-                   head: Any = None) -> HFBackend:
-        """Load (or, for stand-ins, build) the setup's models on ``device``."""
-        from specref import zoo
+                   head: Any = None, engine: str = "plain") -> HFBackend:
+        """Load (or, for stand-ins, build) the setup's models on ``device`` through :mod:`specref.loading`.
 
-        tokenizer = zoo.load_tokenizer(setup.tokenizer)
+        ``draft`` / ``target`` / ``tokenizer`` may be model folders, zoo names, .gguf files or hub ids; the
+        tokenizer and each model's own tokenizer (where it has one) must share one token->id map.
+        """
+        from specref.loading import load_pair, load_tokenizer, resolve_device
+
+        device = resolve_device(device)
         if setup.is_standin:
+            tokenizer = load_tokenizer(setup.tokenizer)
             draft = build_standin_model(setup.draft, setup.family, tokenizer, setup.standin_seed)
             target = build_standin_model(setup.target, setup.family, tokenizer, setup.standin_seed + 1)
             draft, target = draft.to(device), target.to(device)
         else:
-            dtype = _dtype(setup.dtype)
-            draft = zoo.load_model(setup.draft, device, dtype)
-            target = zoo.load_model(setup.target, device, dtype)
-        return cls(draft, target, tokenizer, setup.task, device, cost_ratio, "given", head, setup.card)
+            pair = load_pair(draft=setup.draft, target=setup.target, tokenizer=setup.tokenizer, device=device,
+                             dtype=setup.dtype)
+            draft, target, tokenizer = pair.draft, pair.target, pair.tokenizer
+            family = "seq2seq" if getattr(target.config, "is_encoder_decoder", False) else "causal"
+            if family != setup.family:
+                raise ValueError(f"setup {setup.name!r} says models.family {setup.family}, but the target "
+                                 f"{setup.target!r} is a {family} model")
+        return cls(draft, target, tokenizer, setup.task, device, cost_ratio, "given", head, setup.card, engine)
 
     # -- Backend protocol ------------------------------------------------------------------------------
     def cost_ratio(self) -> tuple[float, str]:
@@ -168,7 +152,6 @@ class HFBackend:
             out = dec.generate(
                 input_ids.to(self.torch_device), mask.to(self.torch_device), max_new_tokens=request.max_new_tokens,
                 temperature=request.temperature, top_p=request.top_p, seed=[seeds[i] for i in chunk],
-                eos_token_id=tok.eos_token_id,
             )
             for i, toks in zip(chunk, out.token_lists()):
                 texts[i] = tok.decode(toks, skip_special_tokens=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "JsonlTask",
+    "check_setup_name",
     "Setup",
     "STANDIN_ARCH",
     "exact_match",
@@ -169,6 +170,19 @@ class JsonlTask:
 
 # ---- builders -----------------------------------------------------------------------------------------
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_setup_name(name: Any, where: str = "setup") -> str:
+    """A setup's ``name`` is its output sub-folder: it must stay inside the output folder, so only a plain
+    folder name is allowed (no ``/``, ``..`` or absolute path)."""
+    text = str(name) if name is not None else ""
+    if not _NAME.match(text) or text in (".", "..") or ".." in text:
+        raise ValueError(f"{where}: name {text!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
+                         "no '/', '..' or absolute path): it names the output sub-folder")
+    return text
+
+
 
 def zoo_setup(pair: str, standin: bool = False, task: str | None = None) -> Setup:
     """The setup of a zoo pair (weights are loaded later, by the backend)."""
@@ -198,10 +212,22 @@ def load_setup(path: str | Path, standin: bool = False) -> Setup:
     if not file.is_file():
         raise FileNotFoundError(f"setup file {file} not found")
     cfg = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file}: a setup file is a mapping with sections name, models, data, ...")
     for key in ("name", "models", "data"):
         if key not in cfg:
             raise ValueError(f"{file}: missing section {key!r}")
+    check_setup_name(cfg["name"], str(file))
     models, data = cfg["models"], cfg["data"]
+    if not isinstance(models, dict) or not isinstance(data, dict):
+        raise ValueError(f"{file}: 'models' and 'data' must be sections (mappings)")
+    for key in ("draft", "target"):
+        if not models.get(key):
+            raise ValueError(f"{file}: models.{key} is missing (a model folder, .gguf file, zoo name or hub id)")
+    from specref.defaults import DTYPES
+
+    if models.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"{file}: models.dtype must be one of {', '.join(DTYPES)}, got {models.get('dtype')!r}")
     family = models.get("family", "seq2seq")
     if family not in ("seq2seq", "causal"):
         raise ValueError(f"{file}: models.family must be seq2seq or causal, got {family!r}")
