@@ -52,7 +52,7 @@ def test_verdicts_hold_beyond_the_band_and_carry_it():
     assert c["SpecCascade[Token]"].verdict == "holds"
     assert c["Speculativecascades"].verdict == "holds"
     assert c["AtT"].verdict == "holds"  # gain 2.1 at T = 1, 0.1 at T = 0
-    assert c["OPTvs"].verdict == "reported"
+    assert c["OPTvs"].verdict == "reported" and "OPT 1.25x vs TokenV3 " in c["OPTvs"].evidence
     for claim in c.values():  # every verdict names its noise
         assert "noise band +/-1.41" in claim.evidence and "bootstrap SE 0.50 over 100 examples" in claim.evidence
     assert "| paper's claim |" in claims_markdown(list(c.values()))
@@ -62,8 +62,9 @@ def test_beating_the_target_within_noise_is_not_shown():
     c = _claims(_setting(v3_best=20.0 + BAND - 0.05, lossy_best=18.0, others=18.0))
     assert c["Speculativecascades"].verdict == "not shown (within noise)"
     assert c["SpecCascade[Token]"].verdict == "holds"  # its lead over the others (2.36) exceeds the band
-    worse = _claims(_setting(v3_best=19.0, lossy_best=19.5))
+    worse = _claims(_setting(v3_best=19.0, lossy_best=19.5, others=15.0))
     assert worse["Speculativecascades"].verdict == "does not hold"
+    assert "OPT never vs TokenV3 1.72x" in worse["OPTvs"].evidence  # a curve that never matches says so
 
 
 def test_best_trade_off_within_noise_is_flagged():

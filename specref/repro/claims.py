@@ -65,6 +65,10 @@ def _fmt(x: float, spec: str = ".2f") -> str:
     return "n/a" if x is None or math.isnan(x) else format(x, spec)
 
 
+def _speed(x: float) -> str:
+    return "never" if x is None or math.isnan(x) else f"{x:.2f}x"
+
+
 def _by_method(s: Summary) -> dict[str, MethodSummary]:
     return {m.method: m for m in s.methods}
 
@@ -138,7 +142,7 @@ def check_claims(
         o, t3 = by["opt"], by["token_v3"]
         out.append(Claim(
             claim, "reported",
-            f"speed-up at target quality OPT {_fmt(o.speedup)}x vs TokenV3 {_fmt(t3.speedup)}x; best quality "
+            f"speed-up at target quality OPT {_speed(o.speedup)} vs TokenV3 {_speed(t3.speedup)}; best quality "
             f"within target latency OPT {_fmt(o.best_quality)} vs TokenV3 {_fmt(t3.best_quality)}; {_noise(s)}",
         ))
     else:
