@@ -132,16 +132,16 @@ def _draw(ax, avg: Sequence[Mapping[str, Any]], axis: str, summary: Any, title: 
             for x, y, r in zip(xs, ys, pts):
                 text = _alpha_text(r.get("alpha"))
                 if text:
-                    ax.annotate(text, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                    ax.annotate(text, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8,
                                 color=color, zorder=5)
     if axis.startswith("latency"):
         ax.axvline(1.0, color="black", lw=0.7, alpha=0.4, zorder=0)
-    ax.set_xlabel(_AXIS_LABELS.get(axis, axis), fontsize=11)
-    ax.set_ylabel(metric_name(metric), fontsize=11)
-    ax.tick_params(labelsize=10)
+    ax.set_xlabel(_AXIS_LABELS.get(axis, axis), fontsize=13)
+    ax.set_ylabel(metric_name(metric), fontsize=13)
+    ax.tick_params(labelsize=11)
     ax.grid(alpha=0.25)
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(title, fontsize=13)
     return drew_err
 
 
@@ -194,16 +194,16 @@ def plot_cost_quality(
     summaries = summarize(rows, noise_rows=noise_rows) if rows else []
     summary = summaries[0] if summaries else None
     seeds = max((int(r.get("seeds") or 1) for r in avg), default=1)
-    fig, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 5.4), squeeze=False)
+    fig, panels = plt.subplots(1, len(axes), figsize=(5.2 * len(axes), 4.8), squeeze=False)
     drew_err = False
     for ax, axis in zip(panels[0], axes):
         drew_err = _draw(ax, avg, axis, summary, None) or drew_err
     handles, labels = panels[0][0].get_legend_handles_labels()
     ncol = min(len(labels), 5)
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=10,
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=12,
                frameon=False)
     title = context_title(summary) if summary is not None else ""
-    fig.suptitle(f"{title}\n{_caption([summary], seeds, drew_err)}", fontsize=11)
+    fig.suptitle(f"{title}\n{_caption([summary], seeds, drew_err)}", fontsize=13)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -222,7 +222,7 @@ def plot_settings(
         raise ValueError(f"cannot vary {vary!r}; choose one of {CONTEXT_COLUMNS}")
     plt = _setup_matplotlib()
     values = sorted({r[vary] for r in rows}, key=lambda v: (v is None, v if v is not None else 0))
-    fig, panels = plt.subplots(1, len(values), figsize=(5.2 * len(values), 4.8), squeeze=False)
+    fig, panels = plt.subplots(1, len(values), figsize=(4.4 * len(values), 4.2), squeeze=False)
     seeds, first, drew_err, drawn = 1, None, False, []
     names = {"temperature": "T", "gamma": "gamma", "top_p": "top-p"}
     for ax, v in zip(panels[0], values):
@@ -241,11 +241,11 @@ def plot_settings(
             handles.setdefault(key, h)
     labels = list(handles)
     fig.legend([handles[k] for k in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(labels), 6), fontsize=10, frameon=False)
+               ncol=min(len(labels), 6), fontsize=12, frameon=False)
     if first is not None:
         c = first.context
         head = f"{c['task']} / {c['pair']}: {c['n_examples']} {c['split']} examples x {first.seeds} seed(s)"
-        fig.suptitle(f"{head}, varying {names.get(vary, vary)}\n{_caption(drawn, seeds, drew_err)}", fontsize=11)
+        fig.suptitle(f"{head}, varying {names.get(vary, vary)}\n{_caption(drawn, seeds, drew_err)}", fontsize=13)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
