@@ -159,11 +159,14 @@ def test_reproduce_procs_flag_relaunches_through_torchrun(tmp_path, capsys):
     for a, b in zip(rows_2, rows_1):
         assert all(_same(a[c], b[c]) for c in STABLE)
     capsys.readouterr()
-    assert main(["reproduce", "--procs", "0", *ARGS, "--out", str(tmp_path / "bad")]) == 2
-    assert "--procs must be >= 1" in capsys.readouterr().err
-    import argparse
-
+    with pytest.raises(SystemExit) as e:  # refused by the argument parser, before anything runs
+        main(["reproduce", "--procs", "0", *ARGS, "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2
+    assert "--procs: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    from specref.cli import build_parser
     from specref.cli.reproduce import run
 
+    args = build_parser().parse_args(["reproduce", "--procs", "2", *ARGS, "--out", str(tmp_path / "direct")])
     with pytest.raises(ValueError, match="re-launches the command line"):  # called without specref.cli.main
-        run(argparse.Namespace(procs=2, device="cpu"))
+        run(args)

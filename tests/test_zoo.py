@@ -163,10 +163,13 @@ def test_tokenizer_builder_reproduces_shipped_arith_tokenizer(tmp_path):
         assert (folder / name).read_bytes() == (zoo.pair_dir("arith-llama") / "tokenizer" / name).read_bytes()
 
 
-def test_hub_ids_are_refused_without_any_download():
-    from specref import zoo
+def test_hub_id_not_in_the_offline_cache_is_one_clear_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
 
-    with pytest.raises(FileNotFoundError, match="offline only"):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not in the cache .* HF_HUB_OFFLINE"):
         zoo.load_model("some-org/some-model")
-    with pytest.raises(FileNotFoundError, match="offline only"):
+    with pytest.raises(FileNotFoundError, match="not in the cache .* HF_HUB_OFFLINE"):
         zoo.load_tokenizer("some-org/some-model")
+    assert list(tmp_path.iterdir()) == []  # nothing was fetched or created

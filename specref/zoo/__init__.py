@@ -2,7 +2,8 @@
 
 Pairs live as package data under ``specref/zoo/pairs/<pair>/{draft,target,tokenizer}/`` and load offline
 with the standard ``from_pretrained(path, local_files_only=True)``; ``trust_remote_code`` is never set.
-Zoo names work wherever a model path does: ``resolve_model("bible-en-es-t5:draft")`` gives the folder.
+Zoo names (``bible-en-es-t5:draft``) work wherever a model path does: every command loads models through
+:mod:`specref.loading`, which gives a zoo name its folder (:func:`resolve_model`) and its pair's tokenizer.
 Weights are built by ``training/zoo`` (see ``training/zoo/README.md``); until then :func:`load_pair` says how.
 """
 
@@ -12,8 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 __all__ = [
     "ZOO_DIR", "ROLES", "PairSpec", "ZooPair", "list_pairs", "get_spec", "get_card", "pair_dir", "is_built",
@@ -139,48 +138,26 @@ def resolve_model(name_or_path: str | Path, role: str | None = None) -> str:
 
 
 def load_tokenizer(name_or_path: str | Path):
-    """The fast tokenizer of a zoo pair (``<pair>`` or ``<pair>:tokenizer``) or of a model folder."""
-    from transformers import AutoTokenizer
+    """The tokenizer of a zoo pair (``<pair>``, ``<pair>:tokenizer`` or a model role) or of any model spec
+    :mod:`specref.loading` takes (a folder without tokenizer files is refused, never given a default)."""
+    from specref import loading
 
-    text = str(name_or_path)
-    if text in _SPECS:
-        text = f"{text}:tokenizer"
-    _require_local(text)
-    return AutoTokenizer.from_pretrained(resolve_model(text), local_files_only=True)
+    return loading.load_tokenizer(name_or_path)
 
 
-def _is_local(text: str) -> bool:
-    return Path(text).exists() or _split_zoo_name(text) is not None or text in _SPECS
+def load_model(name_or_path: str | Path, device: Any = "cpu", dtype: Any = "float32"):
+    """A seq2seq or causal LM (picked from its config) in eval mode, from a zoo name or any model spec
+    :mod:`specref.loading` takes."""
+    from specref import loading
+
+    return loading.load_model(name_or_path, "model", str(device), dtype)
 
 
-def _require_local(text: str) -> None:
-    # specref never fetches weights at run time: a hub id must fail here, clearly, not start a download.
-    if not _is_local(text):
-        raise FileNotFoundError(
-            f"{text!r} is neither a local model folder nor a zoo name ({', '.join(_SPECS)}); "
-            "specref loads models offline only"
-        )
-
-
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A seq2seq or causal LM (picked from its config) in eval mode, from a zoo name or a path."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    _require_local(str(name_or_path))
-    path = resolve_model(name_or_path)
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
-    return model.to(device).eval()
-
-
-def load_pair(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ZooPair:
+def load_pair(name: str, device: Any = "cpu", dtype: Any = "float32") -> ZooPair:
     """Both models, the shared tokenizer and the card of a zoo pair, offline."""
+    from specref import loading
+
     spec = get_spec(name)
-    if not is_built(name):
-        raise FileNotFoundError(f"zoo pair {name!r} is not built yet (no weights in {pair_dir(name)}); {BUILD_HINT}")
-    draft = load_model(f"{name}:draft", device, dtype)
-    target = load_model(f"{name}:target", device, dtype)
-    tokenizer = load_tokenizer(name)
-    return ZooPair(name=name, draft=draft, target=target, tokenizer=tokenizer, card=get_card(name),
+    pair = loading.load_pair(name, device=str(device), dtype=dtype)
+    return ZooPair(name=name, draft=pair.draft, target=pair.target, tokenizer=pair.tokenizer, card=pair.card,
                    task=spec.task, family=spec.family)
