@@ -78,8 +78,9 @@ def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> No
     c.add_argument("--axis", default=None,
                    choices=("latency_model", "latency_wall", "target_calls_per_token", "rejection_rate"),
                    help="cost axis the summary table leads with (default: latency_model, deterministic)")
-    c.add_argument("--match-tol", type=nonneg_float, default=0.0,
-                   help="extra tolerance below the target's quality, on top of its noise band (default: 0)")
+    c.add_argument("--match-tol", type=nonneg_float, default=None,
+                   help="a method 'matches' the target at quality >= target - TOL, replacing the noise band "
+                        "(default: the target's noise band, 2 standard errors; see specref.repro.summary)")
     c.add_argument("--no-interpolate", action="store_true",
                    help="Table 2 from measured points only (default: interpolate between frontier points)")
     o = p.add_argument_group("output")
