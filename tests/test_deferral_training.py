@@ -4,6 +4,7 @@ separable case, token heads, metrics, the data split, and checkpoint errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,29 @@ def test_feature_spec_must_fit_the_logs(tmp_path, logistic_logs):
     with pytest.raises(ValueError, match="top-9"):
         _trainer(tmp_path, 1).fit(DeferralModule(kind="token", candidates=9), datamodule=dm)
     assert FeatureSpec("cascade", k=4).top_k == 4
+
+
+def test_data_module_refuses_damaged_logs_naming_the_file(tmp_path):
+    import shutil
+
+    from specref.logs import LogFormatError
+
+    s, layout = synthetic_logs(12, positions=4, vocab=16, top_k=8, seed=1, alphas=())
+    d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=4)
+    bad = Path(shutil.copytree(d, tmp_path / "bad"))
+    shard = bad / "shard-000001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(LogFormatError, match=f"shard {shard} is truncated"):
+        LogsDataModule(str(bad)).setup()
+    (bad / "manifest.json").unlink()
+    with pytest.raises(LogFormatError, match=f"{bad} has no manifest.json"):
+        LogsDataModule(str(bad)).setup()
+
+
+def test_data_module_refuses_validation_logs_that_overlap_training(tmp_path):
+    s, layout = synthetic_logs(12, positions=4, vocab=16, top_k=8, seed=1, alphas=())
+    d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=4)
+    with pytest.raises(ValueError, match="validation logs share 12 examples with the training logs"):
+        LogsDataModule(str(d), val_logs=str(d)).setup()
+    with pytest.raises(ValueError, match="given twice"):
+        LogsDataModule([str(d), str(d)]).setup()

@@ -463,7 +463,7 @@ def _read_shard(
     except (pa.ArrowException, OSError) as err:
         raise LogFormatError(f"shard {path} is not a readable Parquet file: {err}") from None
     if not schema.equals(expected):
-        raise LogFormatError(f"shard {path} has schema\n{schema}\nbut the layout expects\n{expected}")
+        raise LogFormatError(f"shard {path} does not have the layout's schema: {_schema_diff(schema, expected)}")
     try:
         table = parquet.read(columns=read_names, use_threads=False)
     except (pa.ArrowException, OSError) as err:
@@ -477,6 +477,19 @@ def _read_shard(
     _check_order(table, path)
     _check_finite(table, path)
     return table
+
+
+def _schema_diff(got: pa.Schema, expected: pa.Schema) -> str:
+    """The first difference between two schemas, on one line."""
+    if got.names != expected.names:
+        missing = [n for n in expected.names if n not in got.names]
+        extra = [n for n in got.names if n not in expected.names]
+        return f"columns differ (missing {missing}, unexpected {extra})" if missing or extra else "columns reordered"
+    for a, b in zip(got, expected):
+        if not a.equals(b):
+            return f"column {a.name!r} is {a.type}{'' if a.nullable else ' not null'}, expected {b.type}" + (
+                "" if b.nullable else " not null")
+    return "schema metadata differs"
 
 
 def _check_finite(table: pa.Table, path: Path) -> None:

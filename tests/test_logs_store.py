@@ -1,0 +1,213 @@
+"""Log storage under misuse: a second writer while the first runs (two processes), outputs that are files,
+unique temp names, non-finite values, and a damaged shard that once aborted the process at exit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from specref.logs import LogFormatError, LogWriter, open_logs, read_logs, store
+from specref.logs.store import LogBusyError
+from specref.logs.synthetic import synthetic_logs, write_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The first writer: logs examples 0..11 in shards of 2, pausing after example 3 until the test says go.
+_FIRST = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    from specref.logs.schema import columns
+    from specref.logs.store import LogWriter
+    from specref.logs.synthetic import synthetic_logs
+
+    out, flag = sys.argv[1], Path(sys.argv[2])
+    s, layout = synthetic_logs(12, positions=3, vocab=12, top_k=4, seed=2, alphas=(0.0, 0.5))
+    names = [c.name for c in columns(layout) if c.name not in ("example_index", "example_id")]
+    with LogWriter(out, layout, source={{"job": "first"}}, examples_per_shard=2) as w:
+        for ex in range(12):
+            sel = (s["example_index"] == ex).nonzero().squeeze(-1)
+            w.add_example(ex, f"syn{{ex}}", {{n: s[n][sel] for n in names}})
+            if ex == 3:
+                print("ready", flush=True)
+                while not flag.exists():
+                    time.sleep(0.02)
+        w.finish()
+    """
+)
+
+
+def _expected():
+    s, layout = synthetic_logs(12, positions=3, vocab=12, top_k=4, seed=2, alphas=(0.0, 0.5))
+    return s, layout
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, capsys):
+    from specref.cli import main
+
+    out, flag = tmp_path / "logs", tmp_path / "go"
+    script = tmp_path / "first.py"
+    script.write_text(_FIRST.format(root=str(ROOT)))
+    first = subprocess.Popen([sys.executable, str(script), str(out), str(flag)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        listed = (out / "manifest.json").read_bytes()
+        # The same job, the same job with overwrite, and the `specref log` command are all refused ...
+        s, layout = _expected()
+        for kw in ({}, {"overwrite": True}):
+            with pytest.raises(LogBusyError, match="another process is writing logs to"):
+                LogWriter(out, layout, source={"job": "first"}, examples_per_shard=2, **kw)
+        rc = main(["log", "--pair", "arith-llama", "--split", "validation", "--max-examples", "2",
+                   "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "another process is writing logs to" in err and "Traceback" not in err
+        assert len([ln for ln in err.splitlines() if "error" in ln]) == 1
+        # ... without touching what the first one wrote.
+        assert (out / "manifest.json").read_bytes() == listed
+    finally:
+        flag.touch()
+        first.wait(timeout=60)
+    assert first.returncode == 0
+    logs = read_logs(out)
+    assert open_logs(out).finished
+    # Every example exactly once, rows equal to what was written: nothing lost or duplicated.
+    assert logs["example_index"].tolist() == s["example_index"].tolist()
+    for name in ("position", "q_max", "tail_excess", "token_v3_rej"):
+        assert np.array_equal(logs[name].numpy(), s[name].numpy()), name
+
+
+def test_a_file_as_the_output_folder_is_refused(tmp_path):
+    f = tmp_path / "out"
+    f.write_text("keep")
+    s, layout = _expected()
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        LogWriter(f, layout)
+    assert f.read_text() == "keep"
+
+
+def test_temp_files_have_unique_names_inside_the_folder(tmp_path, monkeypatch):
+    seen = []
+    real = store._commit
+
+    def spy(tmp, path):
+        seen.append((Path(tmp), Path(path)))
+        real(tmp, path)
+
+    monkeypatch.setattr(store, "_commit", spy)
+    s, layout = _expected()
+    write_summary(tmp_path / "a", s, layout, examples_per_shard=4)
+    assert len(seen) >= 4
+    temps = [t for t, _ in seen]
+    assert len(set(temps)) == len(temps)
+    for tmp, final in seen:
+        assert tmp.parent == final.parent == tmp_path / "a"
+        assert tmp.name.startswith(f".{final.name}.tmp-") and tmp.name != f".{final.name}.tmp"
+    assert not [p for p in (tmp_path / "a").iterdir() if ".tmp" in p.name]
+
+
+def _rewrite_shard(d: Path, shard: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    blob = sink.getvalue().to_pybytes()
+    (d / shard).write_bytes(blob)
+    m = json.loads((d / "manifest.json").read_text())
+    for e in m["shards"]:
+        if e["file"] == shard:
+            e.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused_by_the_reader(tmp_path, capsys, value):
+    from specref.cli import main
+
+    s, layout = _expected()
+    d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=4)
+    table = pq.read_table(d / "shard-000001.parquet")
+    q_max = table.column("q_max").to_numpy().copy()
+    q_max[2] = value
+    table = table.set_column(table.schema.get_field_index("q_max"), "q_max", pa.array(q_max, pa.float32()))
+    _rewrite_shard(d, "shard-000001.parquet", table.cast(store.arrow_schema(layout)))
+    with pytest.raises(LogFormatError, match="column 'q_max' holds 1 non-finite"):
+        open_logs(d)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--logs", str(d), "--out", str(out)]) == 2
+    assert "shard-000001.parquet" in capsys.readouterr().err and not out.exists()
+
+
+def _damage_a_column(d: Path, column: str) -> None:
+    """Scramble one column chunk's pages inside a shard, keeping the footer readable: the error comes while
+    columns are being decoded."""
+    shard = d / "shard-000001.parquet"
+    blob = bytearray(shard.read_bytes())
+    meta = pq.ParquetFile(pa.BufferReader(bytes(blob))).metadata
+    chunk = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                 if meta.row_group(0).column(i).path_in_schema.startswith(column))
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    for i in range(start + 8, start + size - 4):
+        blob[i] = (blob[i] * 7 + 13) % 256
+    shard.write_bytes(bytes(blob))
+    m = json.loads((d / "manifest.json").read_text())
+    for e in m["shards"]:
+        if e["file"] == shard.name:
+            e.update(bytes=len(blob), sha256=hashlib.sha256(bytes(blob)).hexdigest())
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_shard_with_another_schema_is_a_one_line_error(tmp_path):
+    s, layout = _expected()
+    d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=4)
+    table = pq.read_table(d / "shard-000001.parquet")
+    table = table.set_column(table.schema.get_field_index("q_max"), "q_max", table.column("q_max").cast(pa.float64()))
+    _rewrite_shard(d, "shard-000001.parquet", table.cast(store.arrow_schema(layout).set(
+        store.arrow_schema(layout).get_field_index("q_max"), pa.field("q_max", pa.float64(), nullable=False))))
+    with pytest.raises(LogFormatError, match="column 'q_max' is double not null, expected float not null") as err:
+        open_logs(d)
+    assert "\n" not in str(err.value)
+
+
+def test_reading_never_uses_arrows_thread_pool(tmp_path, monkeypatch):
+    calls = []
+    real = pq.ParquetFile.read
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("use_threads", True))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", spy)
+    s, layout = _expected()
+    open_logs(write_summary(tmp_path / "logs", s, layout, examples_per_shard=2))
+    assert calls and not any(calls)
+
+
+def test_a_damaged_shard_is_a_clear_error_and_never_aborts_the_process(tmp_path):
+    """With Arrow's threaded decoding, a column failing mid-read left the other columns' work running, and a
+    process exiting then was killed by SIGABRT about half the time (torch loaded). Several fresh processes in
+    parallel must all exit with the one-line error."""
+    s, layout = synthetic_logs(40, positions=20, vocab=64, top_k=32, seed=0)
+    d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=10)
+    _damage_a_column(d, "q_topk_ids")
+    argv = ["evaluate", "--logs", str(d), "--out", str(tmp_path / "o")]
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); from specref.cli import main; "
+            f"sys.exit(main({argv!r}))")
+    start = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    for rc, err in results:
+        assert rc == 2, (rc, err[-500:])
+        assert err.strip().splitlines()[-1].startswith("specref evaluate: error: shard ")
+        assert "shard-000001.parquet is not a readable Parquet file" in err
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "o").exists()
