@@ -165,6 +165,20 @@ def _damage_a_column(d: Path, column: str) -> None:
     (d / "manifest.json").write_text(json.dumps(m))
 
 
+def test_the_writer_refuses_non_finite_rows(tmp_path):
+    from specref.logs.schema import columns
+
+    s, layout = _expected()
+    names = [c.name for c in columns(layout) if c.name not in ("example_index", "example_id")]
+    sel = (s["example_index"] == 0).nonzero().squeeze(-1)
+    rows = {n: s[n][sel].clone() for n in names}
+    rows["tv"][1] = float("nan")
+    with LogWriter(tmp_path / "logs", layout) as w:
+        with pytest.raises(ValueError, match="example 0: column 'tv' has non-finite values"):
+            w.add_example(0, "syn0", rows)
+    assert open_logs(tmp_path / "logs").num_rows == 0
+
+
 def test_a_shard_with_another_schema_is_a_one_line_error(tmp_path):
     s, layout = _expected()
     d = write_summary(tmp_path / "logs", s, layout, examples_per_shard=4)

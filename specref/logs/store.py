@@ -271,6 +271,9 @@ class LogWriter:
             expected = (arr.shape[0], col.width) if col.width else (arr.shape[0],) if arr.ndim else None
             if expected is None or arr.shape != expected:
                 raise ValueError(f"example {index}: column {col.name!r} has shape {arr.shape}, width {col.width}")
+            if col.kind == "float32" and not np.isfinite(arr).all():
+                # Refused here, where the broken model or input is still at hand, not at evaluation time.
+                raise ValueError(f"example {index}: column {col.name!r} has non-finite values (NaN/inf)")
             if n is None:
                 n = arr.shape[0]
             elif arr.shape[0] != n:
