@@ -102,7 +102,7 @@ def test_token_head_trains_and_reports_metrics(tmp_path, logistic_logs):
     assert est.shape == (3, 16) and bool(((est >= 0) & (est <= 1)).all())
 
 
-def test_split_is_by_example_and_matches_the_evaluation_holdout(logistic_logs):
+def test_split_is_by_example_and_matches_the_evaluation_holdout(logistic_logs, tmp_path):
     dm = LogsDataModule(str(logistic_logs), val_fraction=0.2, split_seed=3)
     dm.setup("fit")
     train_ids, val_ids = set(dm.train["example_id"]), set(dm.val["example_id"])
@@ -112,9 +112,14 @@ def test_split_is_by_example_and_matches_the_evaluation_holdout(logistic_logs):
     full, _ = read_summary(logistic_logs)
     held = select(full, holdout_mask(full["example_id"], 0.2, 3))
     assert set(held["example_id"]) == val_ids
-    with_val = LogsDataModule(str(logistic_logs), val_logs=str(logistic_logs))
+    # Separate validation logs: a disjoint set of examples (ids renamed), used whole.
+    s, layout = synthetic_logs(20, positions=5, vocab=16, top_k=8, seed=4, alphas=())
+    s["example_id"] = [f"val-{e}" for e in s["example_id"]]
+    val_logs = write_summary(tmp_path / "val", s, layout, examples_per_shard=10)
+    with_val = LogsDataModule(str(logistic_logs), val_logs=str(val_logs))
     with_val.setup()
-    assert with_val.val["q_max"].shape == with_val.train["q_max"].shape
+    assert with_val.val["q_max"].shape == (100,) and set(with_val.val["example_id"]) == set(s["example_id"])
+    assert with_val.train["q_max"].shape == full["q_max"].shape
 
 
 def test_metrics():
