@@ -220,3 +220,20 @@ def test_corrupt_logs_are_one_clear_error_naming_the_file(tmp_path, data, capsys
     out = _out(tmp_path)
     named = shard if "shard" in how or "truncated" in how or how == "flipped" else d
     _refused(capsys, out, ["evaluate", "--logs", str(d), "--out", str(out)], needle, str(named))
+
+
+def test_the_library_refuses_the_same(data):
+    from specref.logs.evaluate import evaluate
+    from specref.logs.store import read_summary
+
+    summary, layout = read_summary(data["A"])
+    head = heads.load(data["head"])
+    kw = dict(log_alphas=layout.alphas, vocab_size=layout.vocab_size)
+    with pytest.raises(ValueError, match="may not be named 'oracle'"):
+        evaluate(summary, (0.0,), heads={"oracle": head}, **kw)
+    with pytest.raises(ValueError, match="unknown method 'foo'"):
+        evaluate(summary, (0.0,), methods=["foo"], **kw)
+    with pytest.raises(ValueError, match=r"alpha -1\.0 is out of range"):
+        evaluate(summary, (0.0, -1.0), **kw)
+    rows = evaluate(summary, (0.5, 0.5), methods=["chow"], **kw)
+    assert len(rows) == 2  # one alpha (deduplicated) x two losses
