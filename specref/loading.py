@@ -338,7 +338,7 @@ def _own_vocabulary(tok: Any) -> int:
 def load_tokenizer(spec: Any, role: str = "tokenizer") -> Any:
     """The tokenizer of a spec: a zoo name (a model role or the pair itself) gives the pair's tokenizer; a
     local folder must hold tokenizer files; GGUF files and hub ids load as transformers loads them."""
-    src = resolve_source(spec, role if role != "tokenizer" else "tokenizer")
+    src = resolve_source(spec, role)
     import transformers as tf
 
     if src.kind == "zoo":
@@ -383,7 +383,8 @@ def check_same_vocab(draft_tokenizer: Any, target_tokenizer: Any) -> None:
         return
     d, t = _id_map(draft_tokenizer), _id_map(target_tokenizer)
     if d == t:
-        d_special = {k: getattr(draft_tokenizer, k, None) for k in ("eos_token_id", "pad_token_id", "bos_token_id")}
+        # the pad token is a batching convenience a user may set on one copy only; EOS and BOS change the text
+        d_special = {k: getattr(draft_tokenizer, k, None) for k in ("eos_token_id", "bos_token_id")}
         t_special = {k: getattr(target_tokenizer, k, None) for k in d_special}
         diff = [k for k in d_special if d_special[k] != t_special[k]]
         if diff:

@@ -115,6 +115,10 @@ def test_check_same_vocab_compares_the_maps_not_the_sizes():
     c.add_tokens(["<extra>"])
     with pytest.raises(ValueError, match="'<extra>' in the target's"):
         loading.check_same_vocab(a, c)
+    d = loading.load_tokenizer("bible-en-es-t5")
+    d.eos_token = "<unk>"  # same map, another end of text
+    with pytest.raises(ValueError, match="differ in eos_token_id: 1 vs 2"):
+        loading.check_same_vocab(a, d)
 
 
 def test_mismatched_pair_is_refused_before_loading_weights(monkeypatch):
