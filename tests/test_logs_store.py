@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,11 @@ def test_temp_files_have_unique_names_inside_the_folder(tmp_path, monkeypatch):
         assert tmp.parent == final.parent == tmp_path / "a"
         assert tmp.name.startswith(f".{final.name}.tmp-") and tmp.name != f".{final.name}.tmp"
     assert not [p for p in (tmp_path / "a").iterdir() if ".tmp" in p.name]
+    # Ordinary permissions (not mkstemp's owner-only 0o600): logs are shared between users and jobs.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for _, final in seen:
+        assert final.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def _rewrite_shard(d: Path, shard: str, table: pa.Table) -> None:

@@ -14,17 +14,16 @@ Every failure is a :class:`HeadFormatError` naming the file (and the tensor).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from specref.heads.modules import Head, build_head
+from specref.logs.atomic import write_atomic
 
 __all__ = ["FORMAT", "VERSION", "HeadFormatError", "load", "save"]
 
@@ -36,26 +35,6 @@ WEIGHTS_FILE = "head.safetensors"
 
 class HeadFormatError(ValueError):
     """A saved head that is missing, corrupt, truncated or does not match its config."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file with a unique name in ``path``'s folder (two savers never share one), fsync, rename."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(head: Head, path: str | os.PathLike[str]) -> Path:
@@ -76,8 +55,8 @@ def save(head: Head, path: str | os.PathLike[str]) -> Path:
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
     }
     # Weights first: a crash in between leaves an old config whose checksum rejects the new weights.
-    _atomic_write(directory / WEIGHTS_FILE, blob)
-    _atomic_write(directory / CONFIG_FILE, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(directory / WEIGHTS_FILE, blob)
+    write_atomic(directory / CONFIG_FILE, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
     return directory
 
 

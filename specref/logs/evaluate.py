@@ -11,12 +11,10 @@ exact) and ``argmax_uncertain`` (fraction of rows whose argmax loss could be off
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from torch import Tensor
 
 from specref.heads.features import FeatureSpec, candidate_set, context_features, token_features
+from specref.logs.atomic import write_atomic
 from specref.logs.offline import (
     Outcome,
     cascade_decisions,
@@ -202,29 +201,15 @@ def evaluate(
     return rows
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a uniquely named temp file in its folder (a reader never sees half a
-    file, two runs never share a temp file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
-    return path
-
-
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(FIELDS))
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row[k] for k in FIELDS})
-    return _atomic_write(Path(path), text.getvalue().encode("utf-8"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: str = "sampled") -> Path:
@@ -257,4 +242,5 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], loss: 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    return _atomic_write(path, buf.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, buf.getvalue())

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from specref.logs.atomic import fsync_dir, write_atomic
 from specref.logs.schema import FORMAT, VERSION, Column, LogFormatError, LogLayout, check_names, columns
 
 __all__ = ["LogBusyError", "LogWriter", "Logs", "open_logs", "read_logs", "read_summary"]
@@ -60,38 +60,16 @@ def arrow_schema(layout: LogLayout) -> pa.Schema:
 # ---- atomic file operations ------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory.
-
-    The temp file has a unique name (``.NAME.tmp-XXXXXXXX`` next to ``path``, created exclusively), so two
-    writers never share one, and it lives in the destination folder, so the rename never crosses a device.
-    """
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _commit(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`specref.logs.atomic.write_atomic`: unique temp name in
+    the log folder, fsync, rename, fsync the folder)."""
+    write_atomic(path, data, commit=lambda tmp, dst: _commit(tmp, dst))
 
 
 def _commit(tmp: Path, path: Path) -> None:
     # Separate so tests can inject a crash between the temp write and the rename.
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _sha256(data: bytes) -> str:
