@@ -157,3 +157,12 @@ def test_saving_onto_a_file_is_refused(tmp_path):
     with pytest.raises(HeadFormatError, match="not a folder"):
         heads.save(_head(), f)
     assert f.read_text() == "keep me"
+
+
+def test_saving_a_head_with_non_finite_weights_is_refused(tmp_path):
+    head = _head()
+    with torch.no_grad():
+        head.body.net[0].weight[0, 1] = float("nan")
+    with pytest.raises(HeadFormatError, match="body.net.0.weight holds non-finite"):
+        heads.save(head, tmp_path / "h")
+    assert not (tmp_path / "h").exists()

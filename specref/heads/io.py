@@ -44,8 +44,12 @@ def save(head: Head, path: str | os.PathLike[str]) -> Path:
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise HeadFormatError(f"cannot save a head to {directory}: it exists and is not a folder")
-    directory.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu().contiguous() for name, t in head.state_dict().items()}
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            # A diverged training run: refuse here rather than export a head that load() would refuse.
+            raise HeadFormatError(f"cannot save the head to {directory}: {name} holds non-finite values (NaN/inf)")
+    directory.mkdir(parents=True, exist_ok=True)
     config = head.config()
     blob = st_save(state, metadata={"format": FORMAT, "version": str(VERSION)})
     doc = {
