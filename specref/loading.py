@@ -53,6 +53,9 @@ __all__ = [
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
                    "sentencepiece.model", "vocab.json", "vocab.txt", "tokenizer.tiktoken", "qwen.tiktoken")
 
+#: local paths already warned about shadowing a zoo name (one warning per path, not one per load step)
+_SHADOW_WARNED: set[str] = set()
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -159,7 +162,8 @@ def resolve_source(spec: Any, role: str = "model") -> ModelSource:
     named = _zoo_name(text, zoo_role)
     path = Path(text).expanduser()
     if path.exists():
-        if named is not None:
+        if named is not None and text not in _SHADOW_WARNED:
+            _SHADOW_WARNED.add(text)
             warnings.warn(f"the local path {text!r} shadows the zoo name {text!r}; loading the local path "
                           f"(give the zoo name from another folder to get the zoo model)", stacklevel=2)
         if path.is_file():
@@ -253,16 +257,25 @@ def check_weights(folder: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[None]:
+def _progress(enabled: bool, gguf: bool = False) -> Iterator[None]:
     """transformers' weight-loading bars on every command are noise unless asked for."""
     from transformers.utils import logging as tf_logging
 
     was = tf_logging.is_progress_bar_enabled()
     (tf_logging.enable_progress_bar if enabled else tf_logging.disable_progress_bar)()
+    gguf_utils, bar = None, None
+    if gguf and not enabled:
+        # the GGUF reader draws its own tqdm bar, outside transformers' switch
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = gguf_utils.tqdm
+        gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         yield
     finally:
         (tf_logging.enable_progress_bar if was else tf_logging.disable_progress_bar)()
+        if gguf_utils is not None:
+            gguf_utils.tqdm = bar
 
 
 def _hub_error(src: ModelSource, role: str, err: BaseException) -> OSError:
@@ -314,7 +327,7 @@ def load_model(spec: Any, role: str = "model", device: str = "cpu", dtype: Any =
     torch_dtype = resolve_dtype(dtype, device)
     kw = _kwargs(src)
     try:
-        with _progress(progress):
+        with _progress(progress, gguf=src.kind == "gguf"):
             config = tf.AutoConfig.from_pretrained(src.path, **kw)
             auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
             model = auto.from_pretrained(src.path, config=config, dtype=torch_dtype, **kw)
@@ -354,7 +367,8 @@ def load_tokenizer(spec: Any, role: str = "tokenizer") -> Any:
     _gguf_import_check(src)
     kw = _kwargs(src)
     try:
-        tok = tf.AutoTokenizer.from_pretrained(src.path, **kw)
+        with _progress(False, gguf=src.kind == "gguf"):
+            tok = tf.AutoTokenizer.from_pretrained(src.path, **kw)
     except ImportError:
         raise
     except Exception as err:  # noqa: BLE001 - one line naming the tokenizer

@@ -64,6 +64,7 @@ def test_sources(tiny, tmp_path):
 def test_local_folder_shadowing_a_zoo_name_warns(tiny, tmp_path, monkeypatch):
     shutil.copytree(tiny / "draft", tmp_path / "arith-llama" / "draft")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loading, "_SHADOW_WARNED", set())
     with pytest.warns(UserWarning, match="shadows the zoo name 'arith-llama/draft'"):
         src = loading.resolve_source("arith-llama/draft", "draft")
     assert src.kind == "folder"
@@ -290,7 +291,9 @@ def test_gguf_file_and_folder_load_as_transformers_loads_them(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     shutil.copy(file, tmp_path / "folder" / "tiny-q.gguf")
 
+    capsys.readouterr()
     model = loading.load_model(str(file), "target")
+    assert "GGUF tensors" not in capsys.readouterr().err  # no progress bar unless asked for
     ids = torch.tensor([zoo_tok("Question: 12 + 3\nAnswer:")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, ref(ids).logits, atol=1e-5)
