@@ -325,7 +325,7 @@ def test_huge_max_new_tokens_is_refused_before_allocating():
 
 
 def test_memory_bound_uses_the_available_memory(pair, monkeypatch):
-    import specref.decode.decoder as decoder_mod
+    import specref.decode.base as decoder_mod
 
     dec = make_decoder(*pair, "specdecode", gamma=2)
     monkeypatch.setattr(decoder_mod, "available_bytes", lambda device: 1000)

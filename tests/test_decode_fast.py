@@ -22,10 +22,11 @@ from strategies import rule_builds, verify_blocks
 
 from specref import rules
 from specref.decode import make_decoder
-from specref.decode.decoder import _round_uniforms, _stream_keys
 from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.kvcache import PreallocSlotTable, SlotTable
 from specref.decode.profile import RoundProfiler
+from specref.decode.rounds import round_uniforms as _round_uniforms
+from specref.decode.rounds import stream_keys as _stream_keys
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, keyed_uniform
 from specref.verify import BlockUniforms, verify_block

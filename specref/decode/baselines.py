@@ -1,6 +1,6 @@
 """Baseline decoders: target-only, draft-only, TokenCascade [Chow], SeqCascade [Chow] and BiLD.
 
-All share the batched plumbing of :mod:`specref.decode.decoder` (left-padded prompts, slot caches, keyed
+All share the batched plumbing of :mod:`specref.decode.base` (left-padded prompts, slot caches, keyed
 per-row randomness, one host sync per round, finished rows leaving the batch). Randomness is keyed so that
 no uniform is ever consumed twice by a row, which keeps every method exactly equal in distribution to its
 enumeration in :mod:`specref.baselines_exact`:
@@ -24,13 +24,7 @@ import torch
 from torch import Tensor
 
 from specref import rules as rules_mod
-from specref.decode.decoder import (
-    BaseDecoder,
-    _alive_rows,
-    _Ctx,
-    _nonfinite,
-    _raise_nonfinite,
-)
+from specref.decode.base import BaseDecoder, _Ctx, _nonfinite, end_round
 from specref.decode.stats import RoundRecord, entropy
 from specref.dists import sample_categorical
 from specref.rng import STREAM_DRAFT, STREAM_SAMPLE
@@ -113,24 +107,12 @@ def _autoregress(
             )
         ctx.rounds += 1
         pend, pos, gen = x, pos + 1, gen + n_out
-        alive = ~finished
-        vals = torch.cat([torch.stack([bad.long(), alive.sum()]), session.summary()]).tolist()
-        if vals[0]:
-            _raise_nonfinite(role)
-        n_alive = vals[1]
-        if n_alive == 0:
-            if prof is not None:
-                prof.round_end()
-            return
-        rows = None
-        if n_alive < row_ids.shape[0]:
-            rows = _alive_rows(finished, n_alive)
-            row_ids, seeds, gen, pend, pos, ones = (
-                t.index_select(0, rows) for t in (row_ids, seeds, gen, pend, pos, ones)
-            )
-        session.maintain(vals[2:5], rows)
+        step = end_round(finished, bad, (session,), (row_ids, seeds, gen, pend, pos, ones), where=role)
         if prof is not None:
             prof.round_end()
+        if step is None:
+            return
+        row_ids, seeds, gen, pend, pos, ones = step[0]
 
 
 class SingleModelDecoder(BaseDecoder):
@@ -321,29 +303,18 @@ class _SequentialCascade(BaseDecoder):
                 )
             ctx.rounds += 1
             # The round's single host sync.
-            vals = torch.cat(
-                [
-                    torch.stack([bad.long(), n_blk.max(), (~finished).sum()]),
-                    draft.summary(),
-                    target.summary(),
-                ]
-            ).tolist()
-            if vals[0]:
-                _raise_nonfinite("draft or target")
-            lb, n_alive = vals[1], vals[2]
-            if n_alive == 0:
+            step = end_round(
+                finished,
+                bad,
+                (draft, target),
+                (row_ids, seeds, gen, verified, epoch, finished, pend, base, last_prompt, fb, n_blk),
+                extra=(n_blk.max(),),
+            )
+            if step is None:
                 if record is not None:
                     ctx.on_round(record)
                 return
-            rows = None
-            if n_alive < row_ids.shape[0]:
-                rows = _alive_rows(finished, n_alive)
-                (row_ids, seeds, gen, verified, epoch, finished, pend, base, last_prompt, fb, n_blk) = (
-                    t.index_select(0, rows)
-                    for t in (row_ids, seeds, gen, verified, epoch, finished, pend, base, last_prompt, fb, n_blk)
-                )
-            draft.maintain(vals[3:6], rows)
-            target.maintain(vals[6:9], rows)
+            (row_ids, seeds, gen, verified, epoch, finished, pend, base, last_prompt, fb, n_blk), (lb,) = step
             carried_bad = torch.zeros((), dtype=torch.bool, device=dev)
             if lb > 0:
                 # Phase B: the target catches up on the deferring rows and produces their token.
