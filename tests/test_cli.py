@@ -62,7 +62,8 @@ def test_every_option_has_help_text_with_its_default():
                 continue
             text = action.help or ""
             # a flag (no value) needs a help text; an option with a value also says what it is when not given
-            if not text or (action.nargs != 0 and "default" not in text and "%(default)" not in text):
+            needs_default = action.nargs != 0 and not action.required  # a required option has no default
+            if not text or (needs_default and "default" not in text and "%(default)" not in text):
                 missing.append(f"{name} {action.option_strings[0]}")
     assert missing == []
 

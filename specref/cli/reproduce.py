@@ -118,13 +118,9 @@ def _without_procs(argv: list[str]) -> list[str]:
 
 def _device(name: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a named device that is missing is an error."""
-    try:
-        from specref.loading import resolve_device
-    except ImportError:  # pragma: no cover - the loading module lands separately
-        import torch
+    from specref.loading import resolve_device
 
-        return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    return str(resolve_device(name))
+    return resolve_device(name)
 
 
 def _relaunch(args: argparse.Namespace, device: str) -> int:
@@ -207,13 +203,9 @@ def _config(args: argparse.Namespace) -> Any:
 def _load_head(path: str | None) -> Any:
     if path is None:
         return None
-    if not Path(path).exists():
-        raise FileNotFoundError(f"deferral head {path} not found")
-    try:
-        from specref import heads
-    except ImportError as err:
-        raise ValueError(f"--head needs specref.heads, which this installation lacks ({err})") from None
-    return heads.load(path)
+    from specref.loading import load_head
+
+    return load_head(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,8 +229,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"specref reproduce: {setup.name} ({setup.task.name}, metric {setup.task.metric_name}) on "
               f"{device}, engine {args.engine}, {'full' if cfg.full else 'quick'} mode, sweep {cfg.sweep}",
               file=sys.stderr)
-        backend = HFBackend.from_setup(setup, device=device, head=head)
-        backend.engine = args.engine
+        backend = HFBackend.from_setup(setup, device=device, head=head, engine=args.engine)
         result = reproduce(setup, args.out, cfg, backend=backend, device=device, head=head)
         print(result.table)
         for claim in result.claims:
