@@ -823,6 +823,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--compile-reserve-s", type=float, default=60,
                     help="start a torch.compile configuration only with this much budget left (default: 60)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the prompts and decodes (default: 0)")
+    ap.add_argument("--realistic", action="store_true",
+                    help="run only the realistic-size section instead (bench/realistic.py: 7B target, 1B and "
+                         "0.5B-class drafts, random bf16 weights; takes --out, --smoke, --device, --budget-s, "
+                         "--gamma, --alpha, --max-new-tokens, --batch-sizes, --requests, --repeats, --no-hf, --seed)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="measure nothing: recompute the targets of a finished run's JSON and rewrite it and "
                          "its markdown after a change to the summary, leaving the measurements untouched "
@@ -851,8 +855,26 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
+def _realistic(args: argparse.Namespace) -> int:
+    """The realistic-size section (bench/realistic.py) with this parser's options."""
+    bench = os.path.dirname(os.path.abspath(__file__))
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import realistic
+
+    ns = realistic.build_parser().parse_args([])
+    for k in ("out", "smoke", "device", "budget_s", "gamma", "alpha", "max_new_tokens", "batch_sizes", "requests",
+              "repeats", "seed"):
+        setattr(ns, k, getattr(args, k))
+    if args.no_hf:
+        ns.parts = "core,compile"
+    return realistic.run(ns)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the suite with parsed arguments (``specref bench`` calls this)."""
+    if getattr(args, "realistic", False):
+        return _realistic(args)
     global _T0
     _T0 = time.perf_counter()
     for extra in ("func", "command"):
