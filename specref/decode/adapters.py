@@ -12,19 +12,19 @@ encoder outputs. Every forward takes explicit per-row position ids and a 2D mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from specref.decode.engines import Engine, get_engine
 from specref.decode.kvcache import PreallocSlotTable, SlotCache, SlotTable
-from specref.defaults import ENGINES, STATIC_ENGINES
+from specref.decode.session import ForwardOut, KVSession
+from specref.decode.static import StaticSession
+from specref.defaults import DEFAULT_ENGINE
 
 __all__ = [
-    "ENGINES",
-    "STATIC_ENGINES",
     "SUPPORTED_CAUSAL",
     "SUPPORTED_SEQ2SEQ",
     "ForwardOut",
@@ -54,24 +54,12 @@ SUPPORTED_CAUSAL = frozenset(
         "smollm3",
     }
 )
-# Decoding engines (ENGINES, STATIC_ENGINES in specref.defaults; see docs/performance.md): ``plain`` is the
-# reference path; ``fast`` preallocates the slot tables and trims per-step work (identical outputs); the
-# static engines keep every shape fixed (slot tables and KV buffers of one capacity, masks over the whole
-# capacity) so that a forward can be replayed as a CUDA graph (``graph``) and/or compiled with
-# ``torch.compile`` (``compile``, ``compile-graph``).
+# Which session an engine gets, and what it preallocates, is read off :mod:`specref.decode.engines`.
 
 #: Encoder-decoder families (relative position bias: run with contiguous caches).
 SUPPORTED_SEQ2SEQ = frozenset({"t5", "mt5"})
 # (UMT5 is left out: in transformers 5.17 its cached decoding disagrees with its own uncached forward.)
 _ATTN_OK = ("sdpa", "eager")
-
-
-@dataclass
-class ForwardOut:
-    """Logits ``[B, n, V]`` (vocabulary already cut to the shared size) and optional last hidden states."""
-
-    logits: Tensor
-    hidden: Tensor | None = None
 
 
 def _context_length(config: Any) -> int | None:
@@ -169,24 +157,24 @@ class ModelAdapter:
         capacity: int,
         *,
         position_shift: Tensor | None = None,
-        engine: str = "plain",
+        engine: str | Engine = DEFAULT_ENGINE,
         reserve: int = 1,
-    ) -> tuple[Session, Tensor, Tensor]:
+    ) -> tuple[KVSession, Tensor, Tensor]:
         """Encode / prefill and return ``(session, pending_token [B], pending_position [B])``.
 
         For causal LMs the prompt minus its last token is prefilled; the last token is left pending (the
         first forward of decoding feeds it). For seq2seq the encoder runs once and the pending token is
         ``decoder_start_token_id`` at position 0. ``position_shift`` ``[B]`` (tests only) offsets the
-        positions of every token after the prefill. ``engine`` picks the session kind (:data:`ENGINES`);
+        positions of every token after the prefill. ``engine`` (a name or an
+        :class:`~specref.decode.engines.Engine`) picks the session kind;
         ``reserve`` is the most slots one round appends (static engines keep that much room free).
         """
         b, w = input_ids.shape
-        if engine in STATIC_ENGINES:
-            from specref.decode.static import StaticSession
-
-            session: Any = StaticSession(self, b, capacity, vocab, engine, reserve)
+        spec = get_engine(engine)
+        if spec.static_shapes:
+            session: Any = StaticSession(self, b, capacity, vocab, spec, reserve)
         else:
-            session = Session(self, b, capacity, vocab, prealloc=engine == "fast")
+            session = Session(self, b, capacity, vocab, prealloc=spec.preallocated)
         if self.is_seq2seq:
             enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             session.encoder_outputs = enc
@@ -208,7 +196,8 @@ class ModelAdapter:
 
 
 class Session:
-    """One model's state during one ``generate`` call (rows may leave the batch as they finish)."""
+    """One model's state during one ``generate`` call on a cache that grows (the dynamic
+    :class:`~specref.decode.session.KVSession`; rows may leave the batch as they finish)."""
 
     def __init__(self, adapter: ModelAdapter, batch: int, capacity: int, vocab: int, prealloc: bool = False) -> None:
         self.adapter = adapter

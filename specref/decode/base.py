@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from specref.decode.adapters import ModelAdapter, Session, check_prompts, shared_vocab_size
+from specref.decode.adapters import ModelAdapter, check_prompts, shared_vocab_size
+from specref.decode.engines import check_static_models, get_engine
 from specref.decode.generation import _check_nonnegative, _eos, _seeds, default_eos_ids, resolve_generation
 from specref.decode.kvcache import available_bytes, kv_cache_bytes
+from specref.decode.session import KVSession
 from specref.decode.stats import DecodeStats, RoundRecord, Timer, _Counters
-from specref.defaults import ENGINES, STATIC_ENGINES
+from specref.defaults import DEFAULT_ENGINE
 from specref.dists import probs_from_logits
 from specref.rng import keyed_uniform
 from specref.verify import PAD
@@ -206,11 +208,11 @@ class BaseDecoder:
         vocab_size: int | None = None,
         c: float | None = None,
         allow_untested: bool = False,
-        engine: str = "plain",
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.engine = engine
+        #: the engine's entry in :data:`specref.decode.engines.ENGINE_TABLE`; ``engine`` is its name
+        self.engine_spec = get_engine(engine)
+        self.engine = self.engine_spec.name
         self.draft = ModelAdapter(draft, "draft", allow_untested=allow_untested)
         self.target = ModelAdapter(target, "target", allow_untested=allow_untested)
         if self.draft.device != self.target.device:
@@ -227,15 +229,9 @@ class BaseDecoder:
             self.c, self.c_source = _check_nonnegative("cost ratio c", c), "given"
         self.is_seq2seq = self.draft.is_seq2seq
         self.device = self.target.device
-        if engine in STATIC_ENGINES:
-            if not self.supports_static:
-                raise ValueError(f"engine {engine!r} is available for the speculative and single-model decoders only")
-            for ad in (self.draft, self.target):
-                if ad.is_seq2seq or ad.sliding or not ad.own_mask:
-                    raise ValueError(
-                        f"engine {engine!r} needs causal models without sliding-window attention; the {ad.role} is "
-                        f"{ad.model_type!r}: use engine='fast'"
-                    )
+        if self.engine_spec.static_shapes and not self.supports_static:
+            raise ValueError(f"engine {engine!r} is available for the speculative and single-model decoders only")
+        check_static_models(self.engine_spec, (self.draft, self.target))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(method={self.method!r}, gamma={self.gamma}, vocab={self.vocab})"
@@ -376,10 +372,10 @@ class BaseDecoder:
 
     def _start(
         self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor, shift: Tensor | None = None
-    ) -> tuple[Session, Tensor, Tensor]:
+    ) -> tuple[KVSession, Tensor, Tensor]:
         cap = self._capacity(ids.shape[1], ctx.max_new)
         session, pending, pos = ad.start(
-            ids, mask, self.vocab, cap, position_shift=shift, engine=self.engine, reserve=self._block()
+            ids, mask, self.vocab, cap, position_shift=shift, engine=self.engine_spec, reserve=self._block()
         )
         session.profiler = ctx.profiler
         if ad.is_seq2seq or ids.shape[1] > 1:

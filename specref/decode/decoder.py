@@ -47,7 +47,7 @@ from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.generation import _check_int
 from specref.decode.rounds import round_plan
 from specref.decode.stats import RoundRecord, entropy
-from specref.defaults import DEFAULT_GAMMA, METHODS, RULE_METHODS, STATIC_ENGINES
+from specref.defaults import DEFAULT_GAMMA, METHODS, RULE_METHODS
 from specref.dists import sample_categorical, tv
 from specref.verify import BlockUniforms, verify_block
 
@@ -115,7 +115,7 @@ class SpecCascadeDecoder(BaseDecoder):
         super().__init__(draft, target, **kwargs)
         head = getattr(rule, "head", None)
         self.wants_hidden = bool(getattr(head, "wants_hidden", False))
-        if self.wants_hidden and self.engine in STATIC_ENGINES:
+        if self.wants_hidden and self.engine_spec.static_shapes:
             raise ValueError(f"engine {self.engine!r} does not return hidden states, which this head needs: use 'fast'")
         self._fused_kind = fused_kind(self.rule)
         # Test hooks for deliberately wrong variants (negative controls). Never set them in real use.
@@ -146,7 +146,7 @@ class SpecCascadeDecoder(BaseDecoder):
         g = self.gamma
         dev = ctx.device
         prof = ctx.profiler
-        plan = round_plan(self.engine != "plain", ctx, g)
+        plan = round_plan(self.engine_spec.lean_round, ctx, g)
         shift = None
         if self._bug_position_shift:
             shift = (ctx.mask[:, 0] == 0).long()  # rows with left padding are off by one

@@ -195,6 +195,43 @@ class SlotCache(DynamicCache):
             layer.rebuild(rows, slots)
 
 
+def slot_summary(valid: Tensor) -> Tensor:
+    """``[3]`` long on device from a slot table's ``valid`` ``[B, L]``: (max live slots per row, min and max
+    trailing junk slots per row)."""
+    length = valid.shape[1]
+    if length == 0 or valid.shape[0] == 0:
+        return torch.zeros(3, dtype=torch.long, device=valid.device)
+    n = valid.sum(dim=1)
+    # Index of the last live slot (-1 if none): trailing junk = length - 1 - last.
+    idx = torch.arange(length, device=valid.device)
+    last = torch.where(valid, idx, torch.full_like(idx, -1)).amax(dim=1)
+    trail = length - 1 - last
+    return torch.stack([n.max(), trail.min(), trail.max()])
+
+
+def plan_compaction(
+    valid: Tensor,  # [B, L] bool
+    pos: Tensor,  # [B, L] long, -1 where not valid
+    rows: Tensor | None,  # [B'] rows to keep (None: all)
+    new_len: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-align each kept row's live slots into ``[0, new_len)``: returns ``(slots [B', new_len]`` (source
+    slot of every destination slot, for the KV buffers), ``valid [B', new_len]``, ``pos [B', new_len])``."""
+    if rows is not None:
+        valid, pos = valid.index_select(0, rows), pos.index_select(0, rows)
+    b, length = valid.shape
+    n = valid.sum(dim=1, keepdim=True)
+    rank = valid.long().cumsum(dim=1) - 1
+    dest = torch.where(valid, new_len - n + rank, torch.full_like(rank, new_len))
+    src = torch.arange(length, device=valid.device).expand(b, length)
+    slots = torch.zeros((b, new_len + 1), dtype=torch.long, device=valid.device)
+    slots.scatter_(1, dest, src)
+    slots = slots[:, :new_len].contiguous()
+    new_valid = torch.arange(new_len, device=valid.device).unsqueeze(0) >= (new_len - n)
+    new_pos = torch.where(new_valid, pos.gather(1, slots), torch.full_like(slots, -1))
+    return slots, new_valid, new_pos
+
+
 class SlotTable:
     """Per-row bookkeeping of a :class:`SlotCache`: which slots hold a live token of the row.
 
@@ -232,16 +269,8 @@ class SlotTable:
         self.pos = torch.where(self.valid, self.pos, torch.full_like(self.pos, -1))
 
     def summary(self) -> Tensor:
-        """``[3]`` long on device: (max live slots per row, min and max trailing junk slots per row)."""
-        n = self.valid.sum(dim=1)
-        length = self.length
-        if length == 0 or self.valid.shape[0] == 0:
-            return torch.zeros(3, dtype=torch.long, device=self.valid.device)
-        # Index of the last live slot (-1 if none): trailing junk = length - 1 - last.
-        idx = torch.arange(length, device=self.valid.device)
-        last = torch.where(self.valid, idx, torch.full_like(idx, -1)).amax(dim=1)
-        trail = length - 1 - last
-        return torch.stack([n.max(), trail.min(), trail.max()])
+        """``[3]`` long on device: see :func:`slot_summary`."""
+        return slot_summary(self.valid)
 
     def crop(self, n: int) -> None:
         if n > 0:
@@ -253,19 +282,7 @@ class SlotTable:
 
         Updates the table; the caller applies the same plan to the KV buffers.
         """
-        valid = self.valid if rows is None else self.valid.index_select(0, rows)
-        pos = self.pos if rows is None else self.pos.index_select(0, rows)
-        b, length = valid.shape
-        n = valid.sum(dim=1, keepdim=True)
-        rank = valid.long().cumsum(dim=1) - 1
-        dest = torch.where(valid, new_len - n + rank, torch.full_like(rank, new_len))
-        src = torch.arange(length, device=valid.device).expand(b, length)
-        slots = torch.zeros((b, new_len + 1), dtype=torch.long, device=valid.device)
-        slots.scatter_(1, dest, src)
-        slots = slots[:, :new_len].contiguous()
-        new_valid = torch.arange(new_len, device=valid.device).unsqueeze(0) >= (new_len - n)
-        new_pos = torch.where(new_valid, pos.gather(1, slots), torch.full_like(slots, -1))
-        self.valid, self.pos = new_valid, new_pos
+        slots, self.valid, self.pos = plan_compaction(self.valid, self.pos, rows, new_len)
         return slots
 
     def select_rows(self, rows: Tensor) -> None:
@@ -342,15 +359,13 @@ class PreallocSlotTable(SlotTable):
             self._len -= n
 
     def compaction_plan(self, rows: Tensor | None, new_len: int) -> Tensor:
-        plain = SlotTable.__new__(SlotTable)
-        plain.valid, plain.pos = self.valid, self.pos
-        slots = SlotTable.compaction_plan(plain, rows, new_len)
+        slots, new_valid, new_pos = plan_compaction(self.valid, self.pos, rows, new_len)
         if rows is not None and rows.shape[0] != self._v.shape[0]:
             self._v = torch.zeros((rows.shape[0], self._cap), dtype=torch.bool, device=self._v.device)
             self._p = torch.full((rows.shape[0], self._cap), -1, dtype=torch.long, device=self._p.device)
         self._reserve(new_len)
-        self._v[:, :new_len] = plain.valid
-        self._p[:, :new_len] = plain.pos
+        self._v[:, :new_len] = new_valid
+        self._p[:, :new_len] = new_pos
         self._len = new_len
         return slots
 

@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from specref.decode.kvcache import SlotTable, allocate_kv
+from specref.decode.engines import Engine, check_static_models, get_engine
+from specref.decode.kvcache import allocate_kv, plan_compaction, slot_summary
+from specref.decode.session import ForwardOut
 
 __all__ = ["StaticEngine", "StaticSession", "clear_static_engines"]
 
@@ -138,6 +140,7 @@ class StaticEngine:
     """Buffers, step function and graphs of one model at one (batch, capacity, engine)."""
 
     def __init__(self, adapter: Any, batch: int, capacity: int, engine: str) -> None:
+        spec = get_engine(engine)
         dev = adapter.device
         self.adapter, self.model = adapter, adapter.model
         self.b0, self.capacity, self.engine = batch, capacity, engine
@@ -150,11 +153,11 @@ class StaticEngine:
         self.graphs: dict[int, _Graph] = {}
         self.owner: Any = lambda: None  # weak reference to the session using the engine
         self.live_mask = torch.ones(batch, dtype=torch.bool, device=dev)
-        self.use_graphs = engine in ("graph", "compile-graph") and self.cuda
+        self.use_graphs = spec.graphs and self.cuda
         self.graphs_failed: str | None = None
         self.pool: Any = None
         self._compiled: Any = None
-        if engine in ("compile", "compile-graph"):
+        if spec.compiled:
             try:
                 import torch._dynamo as dynamo
 
@@ -267,11 +270,9 @@ class StaticEngine:
 
     def compact(self, length: int, new_len: int) -> None:
         """Right-align every row's live slots into ``[0, new_len)``, in place."""
-        plain = SlotTable.__new__(SlotTable)
-        plain.valid, plain.pos = self.valid[:, :length], self.pos[:, :length]
-        slots = plain.compaction_plan(None, new_len)
-        self.valid[:, :new_len] = plain.valid
-        self.pos[:, :new_len] = plain.pos
+        slots, valid, pos = plan_compaction(self.valid[:, :length], self.pos[:, :length], None, new_len)
+        self.valid[:, :new_len] = valid
+        self.pos[:, :new_len] = pos
         for layer in self.cache.layers:
             layer.compact(slots, length)
 
@@ -301,19 +302,19 @@ def _engine_for(adapter: Any, batch: int, capacity: int, engine: str, owner: Any
 
 
 class StaticSession:
-    """One model's state for one ``generate`` call on a :class:`StaticEngine` (causal LMs only)."""
+    """One model's state for one ``generate`` call on a :class:`StaticEngine` (causal LMs only): the static
+    :class:`~specref.decode.session.KVSession`."""
 
-    def __init__(self, adapter: Any, batch: int, capacity: int, vocab: int, engine: str, reserve: int = 1) -> None:
-        if adapter.is_seq2seq or adapter.sliding or not adapter.own_mask:
-            raise ValueError(
-                f"engine {engine!r} needs a causal model without sliding-window attention; {adapter.role} is "
-                f"{adapter.model_type!r}: use engine='fast' or 'plain'"
-            )
+    def __init__(
+        self, adapter: Any, batch: int, capacity: int, vocab: int, engine: str | Engine, reserve: int = 1
+    ) -> None:
+        spec = get_engine(engine)
+        check_static_models(spec, (adapter,))
         self.adapter = adapter
         self.vocab = vocab
         self.reserve = max(int(reserve), 1)
         cap = _round_up(capacity + self.reserve)
-        self.engine = _engine_for(adapter, batch, cap, engine, self)
+        self.engine = _engine_for(adapter, batch, cap, spec.name, self)
         self.capacity = cap
         self.length = 0
         dev = adapter.device
@@ -340,8 +341,6 @@ class StaticSession:
 
     def forward(self, tokens: Tensor, positions: Tensor, real: Tensor | None = None, *, hidden: bool = False,
                 logits: bool = True) -> Any:
-        from specref.decode.adapters import ForwardOut
-
         if hidden:
             raise ValueError("static engines do not return hidden states; use engine='fast' for heads that need them")
         n = tokens.shape[1]
@@ -376,9 +375,7 @@ class StaticSession:
         v = self.engine.valid[:, : self.length]
         if self.n_live < self.engine.b0:
             v = v.index_select(0, self.live)
-        plain = SlotTable.__new__(SlotTable)
-        plain.valid = v
-        return SlotTable.summary(plain)
+        return slot_summary(v)
 
     def maintain(self, summary: list[int], rows: Tensor | None = None) -> None:
         """Rows leaving become dead rows; trailing junk is cropped; holes are compacted only when the next
