@@ -704,4 +704,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as err:
+        print(f"bench/realistic.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

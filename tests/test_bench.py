@@ -111,7 +111,8 @@ def test_render_rewrites_the_report_from_a_finished_run(smoke, tmp_path):
         _suite().main(["--render", str(tmp_path / "bad.json")])
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*.md")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*.md")
+                                         if "-realistic-" not in p.stem))
 def test_committed_gpu_reports_match_their_measurements(name, tmp_path):
     """A committed GPU report is exactly what its own JSON renders to (no hand-edited or stale numbers)."""
     src = REPO / "bench" / "results" / f"{name}.json"
@@ -135,3 +136,100 @@ def test_eager_engines_diagnosis_runs_and_checks_identical_tokens(tmp_path):
     assert runs["identical_tokens/b2"] == {"plain": True, "fast": True, "fast+contig-mask": True}
     row = runs["fast/b2"]
     assert row["tokens"] > 0 and row["rounds"] > 0 and row["trace"]["top_host_ops"]
+
+
+# ---- the realistic-size section (bench/realistic.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def realistic_run(tmp_path_factory):
+    from bench import realistic
+
+    out = tmp_path_factory.mktemp("realistic") / "real"
+    assert _suite().main(["--realistic", "--smoke", "--out", str(out)]) == 0  # through the suite's flag
+    return realistic, json.loads(out.with_suffix(".json").read_text()), out
+
+
+def test_realistic_smoke_measures_every_part(realistic_run):
+    realistic, R, out = realistic_run
+    assert R["section"] == "realistic" and R["smoke"] and not R["errors"], R["errors"]
+    assert set(R["drafts_done"]) == {"1b", "0.5b"}
+    for d in ("1b", "0.5b"):
+        ag = R["agreement"][d]
+        assert list(ag) == [f"{t:g}" for t in realistic.TEMPERATURES]
+        assert all(0 < v <= 1 for v in ag.values())
+        assert R["temperature"][d] == realistic.pick_temperature(ag)
+    dec = R["decode"]
+    for b in (1, 2):
+        assert dec[f"specref/graph/target/b{b}"]["tokens"] == b * 8  # no EOS: every row runs to the limit
+        for d in ("1b", "0.5b"):
+            for m in ("specdecode", "token_v3"):
+                row = dec[f"specref/graph/{m}/{d}/b{b}"]
+                assert row["tokens"] == b * 8 and 0 <= row["acceptance_rate"] <= 1
+    for key in ("transformers/eager/target/b1", "transformers/static/target/b1", "transformers/assisted/1b/b1",
+                "transformers/assisted/0.5b/b1", "transformers/static/target/b2"):
+        assert dec[key]["tokens_per_s"] > 0, key
+    A = R["analysis"]
+    s = A["steps"]["1b/b1"]
+    assert s["ms"] > 0 and s["floor_ms"] > 0 and s["c"] == pytest.approx(s["ms"] / A["steps"]["target/b1"]["ms"])
+    assert s["draft_calls_per_round"] >= R["args"]["gamma"]
+    assert set(A["targets"]) >= {"target_only_b1", "specdecode_b1", "specdecode_b1_vs_hf_static_compiled",
+                                 "fixed_gamma_specdecode_vs_target_b32", "outside_share_b32"}
+    md = out.with_suffix(".md").read_text()
+    assert "## Targets" in md and "1 - TV, 1b draft" in md and "SMOKE RUN" in md
+
+
+def test_realistic_ceiling_is_specref_cost_formula(realistic_run):
+    """The ceiling comes from specref.cost (one formula, one place), fed with the run's measured b and c."""
+    from specref.cost import walltime_factor
+
+    _, R, _ = realistic_run
+    assert set(R["analysis"]["ceilings"]) == {"1b/b1", "0.5b/b1"}  # profiled at batch 1 (and 32, not in smoke)
+    for c in R["analysis"]["ceilings"].values():
+        assert c["speedup_model"] == pytest.approx(walltime_factor(c["acceptance"], R["args"]["gamma"], c["c"]))
+
+
+def test_pick_temperature_interpolates_in_log_t():
+    from bench import realistic
+
+    assert realistic.pick_temperature({"1": 0.4, "2": 0.7, "4": 0.9}) == pytest.approx(2 * 2 ** 0.5, abs=1e-3)
+    assert realistic.pick_temperature({"1": 0.85, "2": 0.9}) == 1.0  # every point above the goal: the smallest T
+    assert realistic.pick_temperature({"1": 0.1, "2": 0.2}) == 2.0  # none reaches it: the largest T
+
+
+def test_weight_bytes_count_a_tied_output_matrix_once_and_skip_an_untied_input_embedding():
+    from bench import realistic
+
+    shape = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    import torch
+
+    tied = realistic.build(shape, True, vocab=100, device="cpu", dtype=torch.float32)
+    untied = realistic.build(shape, False, vocab=100, device="cpu", dtype=torch.float32)
+    emb = 100 * 16 * 4
+    body = sum(p.numel() for n, p in tied.named_parameters() if "embed" not in n and "lm_head" not in n) * 4
+    assert realistic.weight_bytes(tied) == body + emb  # the shared matrix is read once, by the output layer
+    assert realistic.weight_bytes(untied) == body + emb  # the output matrix is read; the input lookup is not
+
+
+def test_realistic_refuses_an_unknown_draft_or_part():
+    from bench import realistic
+
+    with pytest.raises(ValueError, match="unknown draft '3b'; allowed: 1b, 0.5b"):
+        realistic.main(["--smoke", "--drafts", "3b", "--out", "/nonexistent/x"])
+    with pytest.raises(ValueError, match="unknown part"):
+        realistic.main(["--smoke", "--parts", "core,gpu", "--out", "/nonexistent/x"])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*-realistic-*.md")))
+def test_committed_realistic_reports_match_their_measurements(name, tmp_path):
+    """A committed realistic-size report is exactly what its own JSON renders to, measured on an NVIDIA GPU."""
+    from bench import realistic
+
+    src = REPO / "bench" / "results" / f"{name}.json"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text(src.read_text())
+    assert realistic.main(["--render", str(copy)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
+    R = json.loads(src.read_text())
+    assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
+    assert R["models"]["target"]["params"] > 7e9 and not R["errors"]
