@@ -1,6 +1,6 @@
 """Realistic-size decoding benchmark: a 7B target with 1B and 0.5B-class drafts on one GPU.
 
-What one run measures (about 5-7 minutes on one H200; ``--budget-s`` skips the optional parts):
+What one run measures (300 s on one H200; ``--budget-s`` skips optional parts that would not fit):
 
 1. **Environment**: GPU name, versions, device copy bandwidth (bytes read + written over time).
 2. **Models**, random-init bf16 Llama shapes built directly on the device (no CPU init, no hub): target =
