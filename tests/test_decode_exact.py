@@ -16,13 +16,15 @@ sample size and must be rejected; their p-values are printed (run with ``-s``).
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
 
 from specref import exact, rules
 from specref.baselines_exact import bild_distribution, seq_cascade_distribution
-from specref.decode import make_decoder
+from specref.decode import SpecCascadeDecoder, make_decoder
+from specref.decode import decoder as decoder_mod
 from specref.decode.testing import TOY_PROMPTS, HFToyLM, ragged_batch, toy_pair
 from specref.exact import Sampling
 from specref.stats_tests import GofResult, chi2_sf, chi_square_gof
@@ -81,14 +83,54 @@ def report(name: str, res: GofResult) -> None:
     print(f"\n{name}: chi2={res.statistic:.1f} dof={res.dof} p={res.p_value:.3g}")
 
 
+# ---- deliberately wrong decoders for the negative controls (test subclasses; production code has no switches)
+
+
+class _NoRollback(SpecCascadeDecoder):
+    """Rejected drafts stay in both caches (their keys and values leak into later rounds)."""
+
+    def _start(self, ad, ctx, ids, mask):
+        session, pend, pos = super()._start(ad, ctx, ids, mask)
+        session.keep_last = lambda n, keep: None
+        return session, pend, pos
+
+
+class _PositionShift(SpecCascadeDecoder):
+    """Rows with left padding get positions off by one."""
+
+    def _start(self, ad, ctx, ids, mask):
+        session, pend, pos = super()._start(ad, ctx, ids, mask)
+        return session, pend, pos + (ctx.mask[:, 0] == 0).long()
+
+
+class _BonusFromQ(SpecCascadeDecoder):
+    """The bonus token is drawn from the draft's q instead of pi."""
+
+    def _run(self, ctx):
+        self._fused_kind = None  # every block through verify_block, whose bonus is replaced below
+        real = decoder_mod.verify_block
+
+        def wrong(drafts, q, p, rule, **kw):
+            return real(drafts, q, p, rule, **{**kw, "bonus": q[:, drafts.shape[1]]})
+
+        with mock.patch.object(decoder_mod, "verify_block", wrong):
+            super()._run(ctx)
+
+
+WRONG_DECODERS = {
+    "_bug_no_rollback": _NoRollback,
+    "_bug_position_shift": _PositionShift,
+    "_bug_bonus_from_q": _BonusFromQ,
+}
+
+
 def sample(
     family: str, method, alpha=None, *, bug: str | None = None, sampling=PLAIN, gamma=GAMMA, max_new_tokens=3, **options
 ) -> torch.Tensor:
     draft, target = toy_pair(family)
     dec = make_decoder(draft, target, method, alpha=alpha, gamma=gamma, **options)
     if bug:
-        assert hasattr(dec, bug)
-        setattr(dec, bug, True)
+        dec.__class__ = WRONG_DECODERS[bug]  # the same decoder, with one deliberate mistake
     ids, mask = ragged_batch(TOY_PROMPTS, N)
     out = dec.generate(
         ids,

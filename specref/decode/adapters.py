@@ -156,7 +156,6 @@ class ModelAdapter:
         vocab: int,
         capacity: int,
         *,
-        position_shift: Tensor | None = None,
         engine: str | Engine = DEFAULT_ENGINE,
         reserve: int = 1,
     ) -> tuple[KVSession, Tensor, Tensor]:
@@ -164,8 +163,7 @@ class ModelAdapter:
 
         For causal LMs the prompt minus its last token is prefilled; the last token is left pending (the
         first forward of decoding feeds it). For seq2seq the encoder runs once and the pending token is
-        ``decoder_start_token_id`` at position 0. ``position_shift`` ``[B]`` (tests only) offsets the
-        positions of every token after the prefill. ``engine`` (a name or an
+        ``decoder_start_token_id`` at position 0. ``engine`` (a name or an
         :class:`~specref.decode.engines.Engine`) picks the session kind;
         ``reserve`` is the most slots one round appends (static engines keep that much room free).
         """
@@ -190,8 +188,6 @@ class ModelAdapter:
                 session.forward(input_ids[:, :-1], positions[:, :-1], mask[:, :-1], logits=False)
             pending = input_ids[:, -1]
             pos = positions[:, -1]
-        if position_shift is not None:
-            pos = pos + position_shift
         return session, pending.long(), pos
 
 

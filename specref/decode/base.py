@@ -370,13 +370,10 @@ class BaseDecoder:
         )
         return GenerateOutput(seq, lengths, stats)
 
-    def _start(
-        self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor, shift: Tensor | None = None
-    ) -> tuple[KVSession, Tensor, Tensor]:
+    def _start(self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor) -> tuple[KVSession, Tensor, Tensor]:
+        """Prefill ``ad`` on the prompts: ``(session, pending token [B], its position [B])``."""
         cap = self._capacity(ids.shape[1], ctx.max_new)
-        session, pending, pos = ad.start(
-            ids, mask, self.vocab, cap, position_shift=shift, engine=self.engine_spec, reserve=self._block()
-        )
+        session, pending, pos = ad.start(ids, mask, self.vocab, cap, engine=self.engine_spec, reserve=self._block())
         session.profiler = ctx.profiler
         if ad.is_seq2seq or ids.shape[1] > 1:
             ctx.prefill_forwards += 1  # the encoder, or the prompt minus its last token

@@ -118,10 +118,6 @@ class SpecCascadeDecoder(BaseDecoder):
         if self.wants_hidden and self.engine_spec.static_shapes:
             raise ValueError(f"engine {self.engine!r} does not return hidden states, which this head needs: use 'fast'")
         self._fused_kind = fused_kind(self.rule)
-        # Test hooks for deliberately wrong variants (negative controls). Never set them in real use.
-        self._bug_no_rollback = False
-        self._bug_position_shift = False
-        self._bug_bonus_from_q = False
 
     def __repr__(self) -> str:
         return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
@@ -147,17 +143,14 @@ class SpecCascadeDecoder(BaseDecoder):
         dev = ctx.device
         prof = ctx.profiler
         plan = round_plan(self.engine_spec.lean_round, ctx, g)
-        shift = None
-        if self._bug_position_shift:
-            shift = (ctx.mask[:, 0] == 0).long()  # rows with left padding are off by one
-        draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask, shift)
-        target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask, shift)
+        draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
+        target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask)
         row_ids = torch.arange(ctx.batch, device=dev)
         gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
         keys = plan.uniforms.keys(ctx.seeds)
         ar_g1 = torch.arange(g + 1, device=dev)
         counters = plan.counters
-        fused = self._fused_kind if (plan.fused and ctx.on_round is None and not self._bug_bonus_from_q) else None
+        fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
         hidden = self.wants_hidden
         while True:
             if prof is not None:
@@ -184,16 +177,13 @@ class SpecCascadeDecoder(BaseDecoder):
             if fused is not None:
                 res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused)
             if res is None:
-                bonus: Any = q[:, g] if self._bug_bonus_from_q else self.bonus
                 res = verify_block(
-                    drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=bonus,
+                    drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=self.bonus,
                     uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False,
                 )
             acc = res.accepted
             # 4. roll back both caches: keep the pending token and the accepted drafts
             keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
-            if self._bug_no_rollback:
-                keep = torch.ones_like(keep)
             draft.keep_last(g + 1, keep)
             target.keep_last(g + 1, keep)
             n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
