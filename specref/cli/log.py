@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.on_policy:
         out = log_on_policy(pair.draft, pair.target, examples, args.out, rule=args.rule, alpha=args.alpha,
                             gamma=args.gamma, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            seed=args.seed, eos_token_id=tokenizer.eos_token_id, **common)
+                            seed=args.seed, **common)
     else:
         out = log_teacher_forced(pair.draft, pair.target, examples, args.out, alphas=args.alphas, **common)
     from specref.logs.store import open_logs

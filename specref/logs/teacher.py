@@ -311,7 +311,9 @@ def log_on_policy(
 
     Rows: every position where a token was emitted, with ``drafted`` (-1 at a bonus position), its draft and
     target probabilities, and the usual summaries; no reference. Row i's decoding uses seed ``seed + index``,
-    so a resumed job reproduces the rows an uninterrupted one would have written.
+    so a resumed job reproduces the rows an uninterrupted one would have written. ``eos_token_id`` None (the
+    default) ends a row at any EOS id of the target's generation config or the tokenizer, as the decoder's
+    ``generate`` does. It decodes with the reference engine: the log records what the rule object saw.
     """
     from specref import rules as rules_mod
     from specref.decode import SpecCascadeDecoder
