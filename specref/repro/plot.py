@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from specref.repro.methods import METHODS, order_key
-from specref.repro.report import context_title
+from specref.repro.report import METRIC_NAMES, context_title, metric_name
 from specref.repro.store import atomic_write
 from specref.repro.summary import CONTEXT_COLUMNS, average_seeds, summarize
 
@@ -31,10 +31,6 @@ _AXIS_LABELS = {
     "target_calls_per_token": "target calls per emitted token",
     "rejection_rate": "rejection rate of drafted tokens",
 }
-
-#: Display names of the metric keys the tasks report.
-METRIC_NAMES = {"bleu": "BLEU", "rouge2": "ROUGE-2", "rouge_2": "ROUGE-2", "accuracy": "accuracy (%)",
-                "acc": "accuracy (%)"}
 
 #: (colour, marker) per method: one hue family per method family.
 _STYLE: dict[str, tuple[str, str]] = {
@@ -53,11 +49,6 @@ _STYLE: dict[str, tuple[str, str]] = {
     "ensemble": ("#9e9ac8", "p"),
 }
 _LINESTYLES = ("-", "--", ":", "-.")
-
-
-def metric_name(key: str) -> str:
-    """Display name of a metric key ("bleu" -> "BLEU"); unknown keys unchanged."""
-    return METRIC_NAMES.get(str(key).lower(), str(key))
 
 
 def _finite(x: Any) -> bool:

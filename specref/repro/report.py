@@ -17,6 +17,15 @@ from specref.repro.methods import order_key
 from specref.repro.store import atomic_write
 from specref.repro.summary import Summary
 
+#: Display names of the metric keys the tasks report (tables and plots spell them the same way).
+METRIC_NAMES = {"bleu": "BLEU", "rouge2": "ROUGE-2", "rouge_2": "ROUGE-2", "accuracy": "accuracy (%)",
+                "acc": "accuracy (%)"}
+
+
+def metric_name(key: str) -> str:
+    """Display name of a metric key ("bleu" -> "BLEU"); unknown keys unchanged."""
+    return METRIC_NAMES.get(str(key).lower(), str(key))
+
 __all__ = ["format_summaries", "markdown_summaries", "write_summary_csv", "context_title"]
 
 _AXIS_NAMES = {
@@ -70,7 +79,7 @@ def _rows(group: dict[str, Summary]) -> tuple[list[str], list[list[str]]]:
     for axis in axes:
         name = _AXIS_NAMES.get(axis, axis)
         match = "speed-up to match" if axis.startswith("latency") else "cost to match"
-        header += [f"{match} ({name})", f"best {first.metric} in budget ({name})"]
+        header += [f"{match} ({name})", f"best {metric_name(first.metric)} in budget ({name})"]
     labels = sorted({m.label: m.method for s in group.values() for m in s.methods}.items(),
                     key=lambda kv: (order_key(kv[1]), kv[0]))
     rows = []
@@ -109,7 +118,8 @@ def match_rule_text(s: Summary) -> str:
 def _legend(s: Summary) -> str:
     rule = "linear interpolation between frontier points" if s.interpolate else "measured points only"
     costs = f" Step costs: {s.costs.text()}." if s.costs is not None else ""
-    return (f"target {s.metric} {s.target_quality:.2f}, draft {s.metric} {s.draft_quality:.2f}. model = "
+    metric = metric_name(s.metric)
+    return (f"target {metric} {s.target_quality:.2f}, draft {metric} {s.draft_quality:.2f}. model = "
             f"(target calls + c x draft calls) / target-only calls; wall = measured seconds / target-only seconds. "
             f"{match_rule_text(s)}; 'in budget': best quality (minus the target's) at latency <= "
             f"the target's ('none' if every point is slower); {rule}.{costs}")
