@@ -169,14 +169,80 @@ class Rule:
     def mix(self, defer: Tensor, q: Tensor, p: Tensor) -> Tensor:
         """Target distribution ``pi`` ``[..., V]`` from the decision and the tempered pair."""
         if self.token_level:
-            eta = (q * defer).sum(dim=-1, keepdim=True)
-            return q * (1 - defer) + p * eta
-        r = defer.unsqueeze(-1)
-        return (1 - r) * q + r * p
+            return self.mix_at(defer, q, p, self.deferred_mass(defer, q))
+        return self.mix_at(defer.unsqueeze(-1), q, p)
 
     def verification(self, q: Tensor, p: Tensor, pi: Tensor, defer: Tensor) -> tuple[Tensor, Tensor]:
         """(accept, residual) pair used to verify drafts; GenSpecSample against ``pi`` by default."""
         return genspec.acceptance(q, pi), genspec.residual(q, pi)
+
+    # -- the pieces of mix and verification that a decoding round reads (the fused path) --------------
+    #: whether :meth:`drafted_acceptance` reads :meth:`decide` (False: it uses its own formula, so a
+    #: subclass that changes ``decide`` must also change it)
+    fused_reads_decide = True
+
+    @staticmethod
+    def deferred_mass(defer: Tensor, q: Tensor) -> Tensor:
+        """Token rules' ``eta = sum_v q(v) defer(v)`` ``[..., 1]`` from ``defer`` ``[..., V]`` (bool or float)."""
+        if defer.dtype == torch.bool:
+            # q * 1.0 == q and q * 0.0 == +0.0 exactly (q is finite and >= 0): the same summands as the float
+            # decision's, without materialising it
+            return torch.where(defer, q, torch.zeros((), dtype=q.dtype, device=q.device)).sum(dim=-1, keepdim=True)
+        return (q * defer).sum(dim=-1, keepdim=True)
+
+    def mix_at(self, defer: Tensor, q: Tensor, p: Tensor, eta: Tensor | None = None) -> Tensor:
+        """``pi`` at chosen entries: ``q``, ``p`` and ``defer`` of the same shape (whole-position rules: the
+        position's decision broadcast), ``eta`` the position's deferred mass (token rules)."""
+        if self.token_level:
+            return q * (1 - defer) + p * eta
+        return (1 - defer) * q + defer * p
+
+    def drafted_acceptance(
+        self,
+        drafts: Tensor,  # [B, G] drafted tokens
+        q_rule: Tensor,  # [B, G + 1, V] untempered
+        p_rule: Tensor,  # [B, G + 1, V] untempered
+        q: Tensor,  # [B, G + 1, V] tempered
+        p: Tensor,  # [B, G + 1, V] tempered
+        features: Any = None,
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """Verification of the drafted tokens only: ``(defer_d [B, G], accept_d [B, G], decision)``.
+
+        ``accept_d`` is bitwise ``verification(...)[0]`` at the drafted tokens; ``decision`` is a tuple of
+        ``[B, G + 1, ...]`` tensors that :meth:`row_distributions` reads at one position per row.
+        """
+        g = drafts.shape[1]
+        d_idx, q_d, p_d = _at_drafts(drafts, q, p)
+        defer = self.decide(q_rule, p_rule, q, p, features)  # [B, P] or [B, P, V]
+        if self.token_level:
+            if defer.dtype != torch.bool:
+                defer = defer.to(q.dtype)
+            eta = self.deferred_mass(defer, q)  # [B, P, 1]
+            defer_d = defer[:, :g].gather(-1, d_idx).squeeze(-1).to(q.dtype)
+            pi_d = self.mix_at(defer_d, q_d, p_d, eta[:, :g, 0])
+            decision: tuple[Tensor, ...] = (defer, eta)
+        else:
+            defer = defer.to(q.dtype)
+            defer_d = defer[:, :g]
+            pi_d = self.mix_at(defer_d, q_d, p_d)
+            decision = (defer,)
+        return defer_d, genspec.acceptance(q_d, pi_d), decision
+
+    def row_distributions(
+        self,
+        decision: tuple[Tensor, ...],  # drafted_acceptance's decision at one position per row: [B, ...] each
+        q: Tensor,  # [B, V] tempered draft at that position
+        p: Tensor,  # [B, V] tempered target
+        bonus: str,  # "pi" | "target"
+    ) -> tuple[Tensor, Tensor]:
+        """``(residual [B, V], bonus [B, V])`` at one position per row, as :meth:`verification` and
+        :meth:`mix` give them there."""
+        if self.token_level:
+            defer, eta = decision
+            pi = self.mix_at(defer.to(q.dtype), q, p, eta)
+        else:
+            pi = self.mix_at(decision[0].unsqueeze(-1), q, p)
+        return genspec.residual(q, pi), pi if bonus == "pi" else p
 
     # -- public --------------------------------------------------------------------------------------
     def __call__(
@@ -200,6 +266,14 @@ class Rule:
         pi = self.mix(defer, q, p)
         accept, resid = self.verification(q, p, pi, defer)
         return RuleOutput(pi=pi, defer=defer, accept=accept, residual=resid)
+
+
+def _at_drafts(drafts: Tensor, q: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(index [B, G, 1], q_d [B, G], p_d [B, G])``: the drafted tokens' probabilities under ``q``, ``p``
+    ``[B, G + 1, V]``."""
+    g = drafts.shape[1]
+    d_idx = drafts.long().unsqueeze(-1)
+    return d_idx, q[:, :g].gather(-1, d_idx).squeeze(-1), p[:, :g].gather(-1, d_idx).squeeze(-1)
 
 
 def _check_alpha(alpha: float, name: str) -> float:
@@ -310,25 +384,39 @@ class LossyRule(Rule):
     def __repr__(self) -> str:
         return f"LossyRule(alpha={self.alpha!r}, beta={self.beta!r})"
 
-    def _accept(self, q: Tensor, p: Tensor) -> Tensor:
+    fused_reads_decide = False
+
+    def accept_prob(self, q: Tensor, p: Tensor) -> Tensor:
+        """``min(1, p(v) / ((1 - alpha) q(v)))`` elementwise (1 where ``q(v) = 0``)."""
         scaled = (1 - self.alpha) * q
         safe = torch.where(scaled > 0, scaled, torch.ones_like(q))
         return torch.where(scaled > 0, (p / safe).clamp(max=1.0), torch.ones_like(q))
 
-    def _residual(self, q: Tensor, p: Tensor) -> Tensor:
+    def residual_dist(self, q: Tensor, p: Tensor) -> Tensor:
+        """``norm(max(0, p - beta q))`` ``[..., V]`` (``p`` itself where that has no mass)."""
         excess = (p - self.beta * q).clamp_min(0)
         # beta = 1 and p = q: no rejection can happen; keep the residual a valid distribution anyway.
         mass = excess.sum(dim=-1, keepdim=True)
         return torch.where(mass > 16 * torch.finfo(q.dtype).eps, normalize(excess), p)
 
     def decide(self, q_rule, p_rule, q, p, features=None):
-        return 1 - self._accept(q, p)
+        return 1 - self.accept_prob(q, p)
 
     def mix(self, defer, q, p):
-        return genspec.emitted(q, 1 - defer, self._residual(q, p))
+        return genspec.emitted(q, 1 - defer, self.residual_dist(q, p))
 
     def verification(self, q, p, pi, defer):
-        return 1 - defer, self._residual(q, p)
+        return 1 - defer, self.residual_dist(q, p)
+
+    def drafted_acceptance(self, drafts, q_rule, p_rule, q, p, features=None):
+        # elementwise: only the drafted entries are needed, so the full [B, G + 1, V] decision is never built
+        _, q_d, p_d = _at_drafts(drafts, q, p)
+        defer_d = 1 - self.accept_prob(q_d, p_d)
+        return defer_d, 1 - defer_d, ()
+
+    def row_distributions(self, decision, q, p, bonus):
+        resid = self.residual_dist(q, p)
+        return resid, genspec.emitted(q, 1 - self.decide(None, None, q, p), resid) if bonus == "pi" else p
 
 
 # ---- whole-position cascade rules (Section 3) ---------------------------------------------------------

@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from strategies import rule_builds, verify_blocks
 
-from specref import rules
 from specref.decode import make_decoder
-from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.kvcache import PreallocSlotTable, SlotTable
 from specref.decode.profile import RoundProfiler
 from specref.decode.rounds import round_uniforms as _round_uniforms
 from specref.decode.rounds import stream_keys as _stream_keys
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, keyed_uniform
-from specref.verify import BlockUniforms, verify_block
 
 PROMPTS = [*TOY_PROMPTS, (3,), (2, 2, 5, 1), (4, 6, 1, 0, 3, 3, 2)]
 EOS = 7
@@ -124,43 +118,6 @@ def test_static_engine_compacts_in_place_and_reuses_its_buffers(monkeypatch):
     again = _decode("llama", "specdecode", None, {}, "static", 1.0, rows=5, max_new=56, eos=None)  # cached engine
     _assert_same(again, ref)
     static.clear_static_engines()
-
-
-# ---- fused rule + verification --------------------------------------------------------------------------
-
-
-@settings(max_examples=150)
-@given(verify_blocks(max_vocab=5), rule_builds(), st.sampled_from(["pi", "target"]))
-def test_fused_verify_matches_verify_block(block, name_rule, bonus):
-    drafts, q, p, q_rule, p_rule, u = block
-    u_acc, u_smp = u.accept, u.sample
-    _, rule = name_rule
-    if fused_kind(rule) is None:
-        return
-    ref = verify_block(drafts, q, p, rule, q_rule=q_rule, p_rule=p_rule, bonus=bonus,
-                       uniforms=BlockUniforms(u_acc, u_smp), validate=False)
-    out = fused_verify(drafts, q, p, rule, q_rule, p_rule, bonus, u_acc, u_smp)
-    assert torch.equal(out.accepted, ref.accepted)
-    assert torch.equal(out.tokens, ref.tokens)
-    assert torch.equal(out.num_emitted, ref.num_emitted)
-    assert torch.equal(out.accept_prob, ref.accept_prob)  # bit for bit: same elementwise formulas
-    assert torch.equal(out.defer_drafted.to(ref.defer_drafted.dtype), ref.defer_drafted)
-
-
-def test_fused_kinds():
-    assert fused_kind(rules.get("specdecode")) == "position"
-    assert fused_kind(rules.get("chow", alpha=0.1)) == "position"
-    assert fused_kind(rules.get("token_v3", alpha=0.1)) == "token"
-    assert fused_kind(rules.get("lossy", alpha=0.1)) == "lossy"
-
-    class Odd(rules.Rule):
-        def decide(self, q_rule, p_rule, q, p, features=None):
-            return torch.ones(q.shape[:-1])
-
-        def mix(self, defer, q, p):  # a custom target: the decoder must use verify_block
-            return p
-
-    assert fused_kind(Odd()) is None
 
 
 # ---- uniforms, tables, syncs, profiler, errors -------------------------------------------------------------
