@@ -33,6 +33,7 @@ __all__ = [
     "out_dir",
     "positive_int",
     "probability",
+    "finite_float",
     "nonneg_int",
     "top_p",
 ]
@@ -47,6 +48,11 @@ def _num(text: str, kind: type) -> float | int:
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (the rule checks its own range)."""
+    return float(_num(text, float))
 
 
 def positive_int(text: str) -> int:

@@ -24,6 +24,7 @@ from specref.cli._args import (
     add_device,
     add_dtype,
     add_engine,
+    finite_float,
     nonneg_float,
     nonneg_int,
     positive_int,
@@ -40,17 +41,6 @@ from specref.defaults import (
 )
 
 __all__ = ["register", "run"]
-
-
-def finite_float(text: str) -> float:
-    """Any finite number (the rule checks its own range)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:

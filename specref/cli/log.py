@@ -17,6 +17,7 @@ from specref.cli._args import (
     add_device,
     add_dtype,
     add_progress,
+    finite_float,
     float_tuple,
     nonneg_float,
     nonneg_int,
@@ -27,18 +28,6 @@ from specref.defaults import DEFAULT_GAMMA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED
 from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K
 
 _SPLITS = ("train", "validation", "test")
-
-
-def _finite_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -76,7 +65,7 @@ def register(subparsers: Any) -> None:
     onp.add_argument("--on-policy", action="store_true", help="log decoded paths (default: teacher-forced)")
     onp.add_argument("--rule", default="specdecode", choices=RULE_METHODS,
                      help="rule that decodes (default: specdecode)")
-    onp.add_argument("--alpha", type=_finite_float, help="the rule's alpha, where it needs one (default: none)")
+    onp.add_argument("--alpha", type=finite_float, help="the rule's alpha, where it needs one (default: none)")
     onp.add_argument("--gamma", type=positive_int, default=DEFAULT_GAMMA,
                      help=f"drafts per round (default: {DEFAULT_GAMMA})")
     onp.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
