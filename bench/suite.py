@@ -1,4 +1,4 @@
-"""specref benchmark suite (issue 7): one command, one GPU run, every number side by side.
+"""specref benchmark suite: one command, one GPU run, every number side by side.
 
 What ONE run does (about 6-8 minutes on one H100; ``--budget-s`` skips optional parts when time runs short;
 progress lines carry the elapsed time; results are rewritten after every section, so a run cut short still

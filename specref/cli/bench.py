@@ -1,4 +1,4 @@
-"""``specref bench``: the benchmark suite of ``bench/suite.py`` (issue 7) - one run, every number side by side.
+"""``specref bench``: the benchmark suite of ``bench/suite.py``: one run, every number side by side.
 
 Trains a realistic draft/target pair on the Python sources on the machine, then measures tokens/s and
 per-request latency of specref's decoder (target-only, SpecDecode, SpecCascade [token_v3]) against

@@ -6,7 +6,7 @@ with :mod:`specref.tasks` (sacreBLEU / rouge-score live here, not on the GPU mac
 bars and writes ``card.json`` and ``MODEL_CARD.md`` next to the weights. Exits 1 if a bar fails (the
 files are written anyway, with the failure recorded in the card).
 
-Quality bars (issue 4), on the test split with identical decoding (greedy) for both models:
+Quality bars, on the test split with identical decoding (greedy) for both models:
 - the target beats the draft by >= 3 BLEU (translation), >= 2 ROUGE-2 (summarization), >= 10 accuracy
   points (reasoning);
 - lossless SpecDecode acceptance per drafted token at T = 1 within [0.5, 0.9];
