@@ -4,9 +4,11 @@ The suite proves exactness by enumeration on tiny models; this script checks the
 on the zoo's trained pairs (their tokenizers, T5 encoder-decoder and Llama caches, EOS handling). For a few
 test prompts, each replicated over many rows (row i uses seed + i, so rows are independent draws), it
 samples the first ``K`` tokens with the target alone and with SpecDecode, and compares the two samples of
-whole ``K``-token prefixes by a chi-square test of homogeneity (categories seen fewer than 5 times in the
-pooled sample are merged). A negative control runs the same test on lossy SpecDecode (alpha = 0.3), whose
-law differs from the target's, and must reject it. Prints one line per (pair, prompt, method).
+whole ``K``-token prefixes by a chi-square test of homogeneity
+(:func:`specref.stats_tests.chi_square_homogeneity`: categories seen fewer than 5 times in the pooled sample
+are merged into one cell, dropped if that cell is itself too small). A negative control runs the same test
+on lossy SpecDecode (alpha = 0.3), whose law differs from the target's, and must reject it.
+Prints one line per (pair, prompt, method).
 
     python bench/real_pair_exactness.py --device cuda --rows 20000
 """
@@ -19,7 +21,6 @@ import os
 import sys
 
 import torch
-from scipy.stats import chi2_contingency
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -28,6 +29,7 @@ if REPO not in sys.path:
 from specref import zoo  # noqa: E402
 from specref.decode import make_decoder  # noqa: E402
 from specref.loading import load_pair  # noqa: E402
+from specref.stats_tests import chi_square_homogeneity  # noqa: E402
 
 
 def prefixes(dec, ids, mask, rows: int, k: int, seed: int, chunk: int) -> collections.Counter:
@@ -39,18 +41,6 @@ def prefixes(dec, ids, mask, rows: int, k: int, seed: int, chunk: int) -> collec
                            seed=seed + start)
         counts.update(map(tuple, out.sequences.tolist()))
     return counts
-
-
-def homogeneity_p(a: collections.Counter, b: collections.Counter) -> float:
-    pooled = a + b
-    keep = [c for c, n in pooled.items() if n >= 5]
-    rest = [c for c in pooled if c not in set(keep)]
-    table = [[a[c] for c in keep] + [sum(a[c] for c in rest)], [b[c] for c in keep] + [sum(b[c] for c in rest)]]
-    if not rest:
-        table = [row[:-1] for row in table]
-    if len(table[0]) < 2:
-        return 1.0
-    return float(chi2_contingency(table)[1])
 
 
 def main() -> None:
@@ -78,7 +68,7 @@ def main() -> None:
             ref = prefixes(target, ids, mask, args.rows, args.k, 10**6, args.chunk)
             for label, dec in others.items():
                 got = prefixes(dec, ids, mask, args.rows, args.k, 2 * 10**6, args.chunk)
-                p = homogeneity_p(ref, got)
+                p = chi_square_homogeneity(ref, got).p_value
                 print(f"{pair_name:15s} {j:6d}  {label:11s} {len(ref + got):10d}  {p:.3g}", flush=True)
     print("* negative control: its law differs from the target's, so its p must be small")
 

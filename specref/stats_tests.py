@@ -1,4 +1,5 @@
-"""Goodness-of-fit tests of samples against an exact distribution (used by the statistical test suite).
+"""Goodness-of-fit tests of samples against an exact distribution, and of two samples against each other
+(used by the statistical test suite and the real-pair exactness check).
 
 The chi-square test pools cells whose expected count is small, and treats any sample outside the exact
 support as an immediate rejection (p = 0): an impossible outcome is proof of a bug, not noise.
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GofResult", "chi2_sf", "chi_square_gof", "chi_square_test"]
+__all__ = ["GofResult", "chi2_sf", "chi_square_gof", "chi_square_homogeneity", "chi_square_test"]
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -94,6 +95,32 @@ def chi_square_gof(
             big[i] = (o + pool_obs, e + pool_exp)
     stat = sum((o - e) ** 2 / e for o, e in big)
     dof = len(big) - 1
+    return GofResult(stat, dof, chi2_sf(stat, dof), 0, n)
+
+
+def chi_square_homogeneity(a: Mapping, b: Mapping, min_count: int = 5) -> GofResult:
+    """Pearson chi-square test that two samples (outcome -> count) come from one law, its exact law unknown.
+
+    Outcomes seen fewer than ``min_count`` times in the pooled sample are merged into one cell (dropped if
+    that cell is itself too small), so every expected count is large enough for the test to hold.
+    ``n`` is the pooled sample size; ``impossible`` is always 0 (no law to be outside of).
+    """
+    na, nb = sum(a.values()), sum(b.values())
+    if na == 0 or nb == 0:
+        raise ValueError(f"both samples need outcomes, got {na} and {nb}")
+    pooled = Counter(a) + Counter(b)
+    cells = [(a.get(k, 0), b.get(k, 0)) for k, n in pooled.items() if n >= min_count]
+    rest = (sum(a.get(k, 0) for k, n in pooled.items() if n < min_count),
+            sum(b.get(k, 0) for k, n in pooled.items() if n < min_count))
+    if sum(rest) >= min_count:
+        cells.append(rest)
+    n = na + nb
+    stat = 0.0
+    for oa, ob in cells:
+        for o, size in ((oa, na), (ob, nb)):
+            e = size * (oa + ob) / n
+            stat += (o - e) ** 2 / e
+    dof = len(cells) - 1
     return GofResult(stat, dof, chi2_sf(stat, dof), 0, n)
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -59,7 +59,7 @@ from scipy import stats
 from specref import exact, genspec, rules
 from specref.dists import sample_categorical, temper
 from specref.exact import Sampling
-from specref.stats_tests import chi2_sf, chi_square_gof
+from specref.stats_tests import chi2_sf, chi_square_gof, chi_square_homogeneity
 from specref.toy import TableLM, sample_block_algorithm
 from specref.verify import PAD, BlockUniforms, verify_block
 
@@ -451,3 +451,21 @@ def test_false_alarm_rate_over_many_seeds():
 def test_chi2_sf_matches_scipy():
     for x, dof in [(0.5, 1), (10.0, 5), (40.0, 20), (3.0, 30), (200.0, 50)]:
         assert chi2_sf(x, dof) == pytest.approx(stats.chi2.sf(x, dof), rel=1e-9, abs=1e-300)
+
+
+def test_chi_square_homogeneity_matches_scipy_and_rejects_different_laws():
+    g = torch.Generator().manual_seed(0)
+    law = torch.tensor([0.5, 0.3, 0.15, 0.04, 0.01])
+    other = torch.tensor([0.45, 0.35, 0.15, 0.04, 0.01])  # negative control: a slightly different law
+
+    def sample(probs, n):
+        return Counter(torch.multinomial(probs, n, replacement=True, generator=g).tolist())
+
+    a, b = sample(law, 20_000), sample(law, 20_000)
+    res = chi_square_homogeneity(a, b)
+    keys = sorted(k for k in a.keys() | b.keys() if a[k] + b[k] >= 5)
+    ref = stats.chi2_contingency([[a[k] for k in keys], [b[k] for k in keys]], correction=False)
+    assert res.statistic == pytest.approx(ref[0], rel=1e-9) and res.p_value == pytest.approx(ref[1], rel=1e-6)
+    same = [chi_square_homogeneity(sample(law, 5_000), sample(law, 5_000)).p_value for _ in range(20)]
+    assert sum(p < LEVEL for p in same) <= 1
+    assert chi_square_homogeneity(sample(law, 20_000), sample(other, 20_000)).rejects(LEVEL)
