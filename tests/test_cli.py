@@ -131,3 +131,21 @@ def test_out_naming_an_existing_file_is_refused(capsys, tmp_path):
     assert e.value.code == 2
     assert "exists and is not a folder" in capsys.readouterr().err
     assert f.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--pair", "arith-llama", "--prompt", "1+1", "--rule", "chow", "--alpha", "nan"],
+     "--alpha: expected a finite number, got 'nan'"),
+    (["generate", "--pair", "arith-llama", "--prompt", "1+1", "--rule", "lossy", "--beta", "x"],
+     "--beta: expected a number, got 'x'"),
+    (["log", "--pair", "arith-llama", "--on-policy", "--rule", "chow", "--alpha", "inf"],
+     "--alpha: expected a finite number, got 'inf'"),
+])
+def test_non_finite_rule_parameters_are_refused(argv, message, capsys, tmp_path):
+    if argv[0] == "log":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
