@@ -16,18 +16,16 @@ The work folder (``--work``, default a fresh temporary folder) holds everything 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from specref.zoo import ROLES, ZOO_DIR, list_pairs
+from training.zoo.jobs import launch, train_one_command, wait_all
+from training.zoo.tars import add_bytes, add_folder
 
 TAR_LIMIT = 15 * 1024 * 1024  # results of a GPU run come back as files of at most 16 MB
 
@@ -38,51 +36,13 @@ def plan(pairs: list[str], devices: list[str]) -> list[tuple[str, str, str]]:
     return [(pair, role, devices[i % len(devices)]) for i, (pair, role) in enumerate(jobs)]
 
 
-def _child_command(pair: str, role: str, args: argparse.Namespace, work: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "training.zoo.train_one", "--pair", pair, "--role", role, "--out", str(work)]
-    if args.minutes is not None:
-        cmd += ["--minutes", str(args.minutes)]
-    if args.max_steps is not None:
-        cmd += ["--max-steps", str(args.max_steps)]
-    if args.smoke:
-        cmd.append("--smoke")
-    return cmd
-
-
-def launch(cmd: list[str], device: str, log_path: Path) -> tuple[subprocess.Popen, Any]:
-    """Start a ``train_one`` command on ``device`` (a GPU index: it sees only that GPU, or ``cpu``)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if device == "cpu":
-        cmd = [*cmd, "--device", "cpu"]
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = device
-        cmd = [*cmd, "--device", "cuda:0"]
-    handle = log_path.open("w")
-    return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), handle
-
-
-def wait_all(procs: list[tuple[str, subprocess.Popen, Any, Path]]) -> list[str]:
-    """Wait for ``(name, process, log handle, log path)`` items; returns the failed names (log tails printed)."""
-    failed = []
-    for name, proc, handle, log_path in procs:
-        code = proc.wait()
-        handle.close()
-        if code != 0:
-            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-            print(f"FAILED {name} (exit {code}); last lines of {log_path}:\n{tail}", flush=True)
-            failed.append(name)
-        else:
-            print(f"finished {name}", flush=True)
-    return failed
-
-
 def train_spawned(jobs, args, work: Path) -> list[str]:
     """Run every job in its own process; returns the names of the failed ones."""
     procs = []
     for pair, role, device in jobs:
         log_path = work / pair / role / "train.log"
-        proc, handle = launch(_child_command(pair, role, args, work), device, log_path)
+        cmd = train_one_command(pair, role, work, args.minutes, args.max_steps, args.smoke)
+        proc, handle = launch(cmd, device, log_path)
         procs.append((f"{pair}/{role}", proc, handle, log_path))
         print(f"started {pair}/{role} on {device} (log: {log_path})", flush=True)
     return wait_all(procs)
@@ -116,32 +76,6 @@ def measure_acceptance(pair: str, work: Path, device: str) -> dict:
     return result
 
 
-def _add_folder(tar: tarfile.TarFile, folder: Path, arcname: str, skip: tuple[str, ...] = ()) -> None:
-    """``folder`` under ``arcname``, reproducibly (no times or owners); ``skip``: top-level names left out."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.relative_to(folder).parts[0] not in skip:
-            info = tar.gettarinfo(str(path), f"{arcname}/{path.relative_to(folder).as_posix()}")
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-
-
-def unpack_folder(tar_path: Path, dest: Path) -> Path:
-    """Extract a tar holding exactly one top folder (as ``_add_folder`` writes it) below ``dest``; its path."""
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")
-    tops = [p for p in dest.iterdir() if p.is_dir()]
-    if len(tops) != 1:
-        raise ValueError(f"{tar_path}: expected one top folder, found {sorted(p.name for p in tops)}")
-    return tops[0]
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def pack(pairs: list[str], work: Path, out: Path, run_info: dict) -> list[Path]:
     """Write the pair tars (when both models exist) and eval.tar; returns the written paths."""
     written = []
@@ -151,8 +85,8 @@ def pack(pairs: list[str], work: Path, out: Path, run_info: dict) -> list[Path]:
         path = out / f"{pair}.tar"
         with tarfile.open(path, "w") as tar:
             for role in ROLES:
-                _add_folder(tar, work / pair / role / "model", role)
-            _add_folder(tar, ZOO_DIR / pair / "tokenizer", "tokenizer")
+                add_folder(tar, work / pair / role / "model", role)
+            add_folder(tar, ZOO_DIR / pair / "tokenizer", "tokenizer")
         if path.stat().st_size > TAR_LIMIT:
             print(f"WARNING: {path} is {path.stat().st_size / 2**20:.1f} MiB, over the 15 MiB limit", flush=True)
         written.append(path)
@@ -163,11 +97,11 @@ def pack(pairs: list[str], work: Path, out: Path, run_info: dict) -> list[Path]:
                 for name in ("predictions.json", "log.json", "train.log"):
                     file = work / pair / role / name
                     if file.is_file():
-                        _add_bytes(tar, f"{pair}/{role}/{name}", file.read_bytes())
+                        add_bytes(tar, f"{pair}/{role}/{name}", file.read_bytes())
             file = work / pair / "acceptance.json"
             if file.is_file():
-                _add_bytes(tar, f"{pair}/acceptance.json", file.read_bytes())
-        _add_bytes(tar, "run.json", json.dumps(run_info, indent=1).encode())
+                add_bytes(tar, f"{pair}/acceptance.json", file.read_bytes())
+        add_bytes(tar, "run.json", json.dumps(run_info, indent=1).encode())
     written.append(path)
     return written
 

@@ -24,6 +24,7 @@ from training.zoo.config import load_config
 from training.zoo.evaluate import generate
 from training.zoo.models import build_model, count_parameters, set_generation_defaults
 from training.zoo.module import ZooModule, pl
+from training.zoo.tars import unpack_folder
 
 
 def load_tokenizer(pair: str):
@@ -56,8 +57,6 @@ def warm_start(model, source: str | Path) -> dict:
     import tempfile
 
     from safetensors.torch import load_file
-
-    from training.zoo.train_all import unpack_folder
 
     source = Path(source)
     if source.is_file() and tarfile.is_tarfile(source):

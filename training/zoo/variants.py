@@ -39,15 +39,9 @@ from pathlib import Path
 
 from specref.zoo import ROLES, list_pairs
 from training.zoo.config import load_config
-from training.zoo.train_all import (
-    _add_folder,
-    _child_command,
-    launch,
-    measure_acceptance,
-    pack,
-    unpack_folder,
-    wait_all,
-)
+from training.zoo.jobs import launch, train_one_command, wait_all
+from training.zoo.tars import add_folder, unpack_folder
+from training.zoo.train_all import measure_acceptance, pack
 
 VARIANT_FILES = ("predictions.json", "log.json")  # besides model/; the target also needs samples.pt
 
@@ -73,7 +67,7 @@ def parse_variants(items: list[list[str]], role: str) -> dict[str, list[str]]:
 
 
 def _train_command(args: argparse.Namespace, name: str, overrides: list[str], work: Path) -> list[str]:
-    cmd = _child_command(args.pair, args.role, args, work) + ["--tag", name]
+    cmd = train_one_command(args.pair, args.role, work, args.minutes, args.max_steps, args.smoke) + ["--tag", name]
     for item in overrides:
         cmd += ["--set", item]
     return cmd
@@ -113,7 +107,7 @@ def train(args: argparse.Namespace) -> int:
     for folder in done:
         path = args.out / f"{folder.name}.tar" if folder.name in keep else args.out / f"{folder.name}.nomodel.tar"
         with tarfile.open(path, "w") as tar:
-            _add_folder(tar, folder, folder.name, skip=() if folder.name in keep else ("model", "samples.pt"))
+            add_folder(tar, folder, folder.name, skip=() if folder.name in keep else ("model", "samples.pt"))
         print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)", flush=True)
     print(f"{len(variants) - len(failed)} of {len(variants)} variants done in {time.time() - started:.0f}s",
           flush=True)
