@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from specref import zoo
+from specref import loading, zoo
 from specref.tasks import get_task
 
 PAIRS = ["bible-en-es-t5", "stdlib-doc-t5", "arith-llama"]
@@ -41,7 +41,7 @@ def test_card_schema(pair):
 def test_missing_pair_error_names_pair_and_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)  # a zoo without weights
     with pytest.raises(FileNotFoundError, match="arith-llama.*training.zoo.train_all"):
-        zoo.load_pair("arith-llama")
+        loading.load_pair("arith-llama", device="cpu", dtype="float32")
     with pytest.raises(FileNotFoundError, match="not built"):
         zoo.resolve_model("bible-en-es-t5:draft")
     assert zoo.get_card("arith-llama")["built"] is False
@@ -63,7 +63,7 @@ def test_resolve_model(tmp_path):
 def test_shipped_tokenizer(pair):
     from transformers import PreTrainedTokenizerFast
 
-    tok = zoo.load_tokenizer(pair)
+    tok = loading.load_tokenizer(pair)
     assert isinstance(tok, PreTrainedTokenizerFast)
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
     task = get_task(zoo.get_spec(pair).task)
@@ -92,6 +92,17 @@ def test_trust_remote_code_never_set():
     assert "trust_remote_code=" not in Path(module.__file__).read_text()
 
 
+def test_zoo_is_data_below_the_loaders():
+    """specref.loading builds on the zoo, so the zoo must not import it back (no loaders live here)."""
+    import subprocess
+    import sys
+
+    code = "import sys, specref.zoo; print('specref.loading' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert not any(hasattr(zoo, name) for name in ("load_pair", "load_model", "load_tokenizer"))
+
+
 def test_cli_lists_pairs(capsys):
     from specref.cli import main
 
@@ -111,19 +122,19 @@ needs_weights = pytest.mark.skipif(
 @needs_weights
 @pytest.mark.parametrize("pair", PAIRS)
 def test_pair_loads_offline_and_decodes(pair):
-    loaded = zoo.load_pair(pair)
-    assert loaded.task == zoo.get_spec(pair).task and loaded.card["built"]
+    loaded = loading.load_pair(pair, device="cpu", dtype="float32")
+    assert loaded.task.name == zoo.get_spec(pair).task and loaded.card["built"]
     for model in (loaded.draft, loaded.target):
         assert not model.training and next(model.parameters()).dtype == torch.float32
         assert model.config.vocab_size == len(loaded.tokenizer)
     assert sum(p.numel() for p in loaded.draft.parameters()) < sum(p.numel() for p in loaded.target.parameters())
-    task = get_task(loaded.task)
+    task = loaded.task
     examples = task.load("test", limit=3)
     tok = loaded.tokenizer
     batch = tok([task.format_prompt(e) for e in examples], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = loaded.target.generate(**batch, max_new_tokens=24, do_sample=False)
-    if loaded.family == "causal":
+    if task.model_family == "causal":
         out = out[:, batch["input_ids"].shape[1]:]
     texts = tok.batch_decode(out, skip_special_tokens=True)
     assert all(t.strip() for t in texts)
@@ -139,8 +150,8 @@ def test_zoo_size_budget():
 @pytest.mark.parametrize("pair", PAIRS)
 def test_pair_decodes_with_speculative_cascade(pair):
     decode = pytest.importorskip("specref.decode", reason="the decoder is not in this checkout")
-    loaded = zoo.load_pair(pair)
-    task = get_task(loaded.task)
+    loaded = loading.load_pair(pair, device="cpu", dtype="float32")
+    task = loaded.task
     examples = task.load("test", limit=3)
     tok = loaded.tokenizer
     batch = tok([task.format_prompt(e) for e in examples], return_tensors="pt", padding=True,
@@ -150,7 +161,7 @@ def test_pair_decodes_with_speculative_cascade(pair):
                        eos_token_id=tok.eos_token_id)
     texts = [tok.decode(ids, skip_special_tokens=True) for ids in out.token_lists()]
     assert len(texts) == 3 and all(t.strip() for t in texts)
-    if loaded.task == "reasoning":  # the worked-solution format survives cascading
+    if task.name == "reasoning":  # the worked-solution format survives cascading
         assert any("=" in t for t in texts)
 
 
@@ -169,7 +180,7 @@ def test_hub_id_not_in_the_offline_cache_is_one_clear_error(tmp_path, monkeypatc
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not in the cache .* HF_HUB_OFFLINE"):
-        zoo.load_model("some-org/some-model")
+        loading.load_model("some-org/some-model")
     with pytest.raises(FileNotFoundError, match="not in the cache .* HF_HUB_OFFLINE"):
-        zoo.load_tokenizer("some-org/some-model")
+        loading.load_tokenizer("some-org/some-model")
     assert list(tmp_path.iterdir()) == []  # nothing was fetched or created

@@ -120,7 +120,7 @@ def test_train_all_and_finalize_smoke(tmp_path):
         assert (zoo_dir / pair / "draft" / "model.safetensors").is_file()
         assert "## Quality bars" in (zoo_dir / pair / "MODEL_CARD.md").read_text()
     # a finalized folder loads with the standard from_pretrained, fp16 on disk -> fp32 in memory
-    from specref.zoo import load_model
+    from specref.loading import load_model
 
     model = load_model(zoo_dir / "arith-llama" / "target")
     assert not model.training and next(model.parameters()).dtype.is_floating_point

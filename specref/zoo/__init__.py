@@ -3,8 +3,10 @@
 Pairs live as package data under ``specref/zoo/pairs/<pair>/{draft,target,tokenizer}/`` and load offline
 with the standard ``from_pretrained(path, local_files_only=True)``; ``trust_remote_code`` is never set.
 Zoo names (``bible-en-es-t5:draft``) work wherever a model path does: every command loads models through
-:mod:`specref.loading`, which gives a zoo name its folder (:func:`resolve_model`) and its pair's tokenizer.
-Weights are built by ``training/zoo`` (see ``training/zoo/README.md``); until then :func:`load_pair` says how.
+:mod:`specref.loading`, which gives a zoo name its folder (:func:`resolve_model`) and its pair's tokenizer
+(``specref.loading.load_pair("bible-en-es-t5")`` loads a whole pair). This module is only data about the
+pairs and imports no loader, so :mod:`specref.loading` can build on it. Weights are built by
+``training/zoo`` (see ``training/zoo/README.md``); until then loading a pair says how (:data:`BUILD_HINT`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = [
-    "ZOO_DIR", "ROLES", "PairSpec", "ZooPair", "list_pairs", "get_spec", "get_card", "pair_dir", "is_built",
-    "resolve_model", "load_tokenizer", "load_model", "load_pair",
+    "ZOO_DIR", "ROLES", "BUILD_HINT", "PairSpec", "list_pairs", "get_spec", "get_card", "pair_dir", "is_built",
+    "resolve_model",
 ]
 
 ZOO_DIR = Path(__file__).resolve().parent / "pairs"
@@ -49,19 +50,6 @@ _SPECS = {
                  "Llama decoder-only pair solving arithmetic word problems (stands in for GSM8K)"),
     )
 }
-
-
-@dataclass
-class ZooPair:
-    """A loaded pair: both models in eval mode, their shared tokenizer and the model card."""
-
-    name: str
-    draft: Any
-    target: Any
-    tokenizer: Any
-    card: dict
-    task: str
-    family: str
 
 
 def list_pairs() -> list[str]:
@@ -136,28 +124,3 @@ def resolve_model(name_or_path: str | Path, role: str | None = None) -> str:
         raise FileNotFoundError(f"zoo pair {pair!r} has no {which} folder at {folder}; {BUILD_HINT}")
     return str(folder)
 
-
-def load_tokenizer(name_or_path: str | Path):
-    """The tokenizer of a zoo pair (``<pair>``, ``<pair>:tokenizer`` or a model role) or of any model spec
-    :mod:`specref.loading` takes (a folder without tokenizer files is refused, never given a default)."""
-    from specref import loading
-
-    return loading.load_tokenizer(name_or_path)
-
-
-def load_model(name_or_path: str | Path, device: Any = "cpu", dtype: Any = "float32"):
-    """A seq2seq or causal LM (picked from its config) in eval mode, from a zoo name or any model spec
-    :mod:`specref.loading` takes."""
-    from specref import loading
-
-    return loading.load_model(name_or_path, "model", str(device), dtype)
-
-
-def load_pair(name: str, device: Any = "cpu", dtype: Any = "float32") -> ZooPair:
-    """Both models, the shared tokenizer and the card of a zoo pair, offline."""
-    from specref import loading
-
-    spec = get_spec(name)
-    pair = loading.load_pair(name, device=str(device), dtype=dtype)
-    return ZooPair(name=name, draft=pair.draft, target=pair.target, tokenizer=pair.tokenizer, card=pair.card,
-                   task=spec.task, family=spec.family)

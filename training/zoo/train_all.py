@@ -62,13 +62,13 @@ def measure_acceptance(pair: str, work: Path, device: str) -> dict:
     """1 - TV(p, q) along the target's T = 1 test samples, teacher-forced through both models."""
     import torch
 
-    from specref.zoo import load_model, load_tokenizer
+    from specref.loading import load_model, load_tokenizer
     from training.zoo.evaluate import acceptance
 
     dev = torch.device("cpu" if device == "cpu" else "cuda:0")
     tokenizer = load_tokenizer(ZOO_DIR / pair / "tokenizer")
-    draft = load_model(work / pair / "draft" / "model", device=dev)
-    target = load_model(work / pair / "target" / "model", device=dev)
+    draft = load_model(work / pair / "draft" / "model", device=str(dev))
+    target = load_model(work / pair / "target" / "model", device=str(dev))
     samples = torch.load(work / pair / "target" / "samples.pt", weights_only=True)  # token ids only: no pickle
     result = acceptance(draft, target, samples, tokenizer.pad_token_id, tokenizer.pad_token_id, dev)
     result["samples_from"] = "target, test split prompts, T = 1 (no top-k / top-p)"

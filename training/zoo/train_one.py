@@ -202,9 +202,9 @@ def run(pair: str, role: str, out: Path, minutes: float | None, max_steps: int |
     save_fp16(model, tokenizer, model_dir)
 
     # Evaluate the weights exactly as shipped: fp16 on disk, loaded back in fp32.
-    from specref.zoo import load_model
+    from specref.loading import load_model
 
-    model = load_model(model_dir, device=dev, dtype=torch.float32)
+    model = load_model(model_dir, device=str(dev), dtype=torch.float32)
     task = zdata.task_of(pair)
     examples = zdata.eval_examples(cfg)
     ev = cfg["eval"]
