@@ -38,14 +38,15 @@ def _same(a: object, b: object) -> bool:
 def test_two_process_sweep_equals_single_process(tmp_path):
     import argparse
 
-    from specref.cli.reproduce import _config, _setups, add_arguments
+    from specref.cli.reproduce import add_arguments, repro_config
     from specref.repro.reproduce import reproduce
+    from specref.repro.setups import select_setups
 
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args([*ARGS, "--out", str(tmp_path / "single")])
-    setup = _setups(args)[0]
-    single = reproduce(setup, tmp_path / "single", _config(args), device="cpu")
+    setup = select_setups(args.task, args.pair, args.config, args.standin)[0]
+    single = reproduce(setup, tmp_path / "single", repro_config(args), device="cpu")
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -145,54 +145,12 @@ def _relaunch(args: argparse.Namespace, device: str) -> int:
     return subprocess.run(cmd).returncode
 
 
-def _setups(args: argparse.Namespace) -> list[Any]:
-    from specref import zoo
-    from specref.repro.setups import load_setup, zoo_setup
+def repro_config(args: argparse.Namespace) -> Any:
+    """The :class:`~specref.repro.reproduce.ReproConfig` that the options of :func:`add_arguments` ask for."""
+    from specref.repro.reproduce import config_from_text
 
-    if args.config:
-        if args.task or args.pair:
-            raise ValueError("--config names its own models and data; drop --task / --pair")
-        return [load_setup(args.config, standin=args.standin)]
-    if args.task == "all":
-        if args.pair:
-            raise ValueError("--task all runs every zoo pair; drop --pair")
-        return [zoo_setup(name, standin=args.standin) for name in zoo.list_pairs()]
-    if args.pair:
-        return [zoo_setup(args.pair, standin=args.standin, task=args.task)]
-    task = args.task or "translation"
-    pairs = [n for n in zoo.list_pairs() if zoo.get_spec(n).task == task]
-    if not pairs:
-        raise ValueError(f"no zoo pair for task {task!r}; tasks with pairs: "
-                         f"{sorted({zoo.get_spec(n).task for n in zoo.list_pairs()})}")
-    return [zoo_setup(pairs[0], standin=args.standin)]
-
-
-def _check_built(setups: list[Any], standin: bool) -> None:
-    from specref import zoo
-
-    for setup in setups:
-        if standin or setup.pair not in zoo.list_pairs() or zoo.is_built(setup.pair):
-            continue
-        raise FileNotFoundError(
-            f"zoo pair {setup.pair!r} has no trained weights in this installation ({zoo.BUILD_HINT}); "
-            "add --standin to check the pipeline with tiny random-init models instead"
-        )
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from specref.repro.methods import get_method, parse_alpha_overrides
-    from specref.repro.reproduce import ReproConfig
-
-    methods = None
-    if args.methods:
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        for m in methods:
-            get_method(m)
-    from specref.repro.methods import DEFAULT_METHODS
-
-    alphas = parse_alpha_overrides(args.alphas, methods or DEFAULT_METHODS + ("learned", "ensemble"))
-    return ReproConfig(
-        methods=methods, alphas=alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
+    return config_from_text(
+        args.methods, args.alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
         gamma=args.gamma, top_p=args.top_p, seeds=args.seed, split=args.split, max_examples=args.max_examples,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cost_ratio=args.cost_ratio,
         axis=args.axis, tol=args.match_tol, interpolate=not args.no_interpolate,
@@ -200,19 +158,11 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
-def _load_head(path: str | None) -> Any:
-    if path is None:
-        return None
-    from specref.loading import load_head
-
-    return load_head(path)
-
-
 def run(args: argparse.Namespace) -> int:
     from specref.repro.reproduce import reproduce
 
     t0 = time.perf_counter()
-    cfg = _config(args)
+    cfg = repro_config(args)
     device = _device(args.device)
     if getattr(args, "procs", 1) > 1:
         return _relaunch(args, device)
@@ -220,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads or 1)
-    head = _load_head(args.head)
-    setups = _setups(args)
-    _check_built(setups, args.standin)
+    from specref.loading import load_head
+    from specref.repro.setups import check_built, select_setups
+
+    head = load_head(args.head) if args.head is not None else None
+    setups = select_setups(args.task, args.pair, args.config, args.standin)
+    check_built(setups, args.standin)
     from specref.repro.hf import HFBackend
 
     for setup in setups:

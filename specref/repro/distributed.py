@@ -126,13 +126,13 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
     """
     from pathlib import Path
 
-    from specref.repro.reproduce import _plan, _resolved, reproduce, select_examples
+    from specref.repro.reproduce import reproduce, resolve_settings, select_examples, sweep_plan
     from specref.repro.runner import RunInfo, planned_decodes, request_for
     from specref.repro.store import PointStore
 
     dist, rank, world, _ = _dist()
     t_start = time.perf_counter()
-    r = _resolved(setup, cfg, device)
+    r = resolve_settings(setup, cfg, device)
     examples = select_examples(setup.task.load(r["split"]), r["max_examples"])
     if not examples:
         raise ValueError(f"task {setup.task.name!r} has no {r['split']} examples")
@@ -142,7 +142,7 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
         backend = HFBackend.from_setup(setup, device=device, head=head, engine=engine)
     elif head is not None:
         backend.head = head
-    points, _ = _plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
+    points, _ = sweep_plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
     info = RunInfo(task=setup.task, pair=setup.pair, split=r["split"], examples=examples,
                    max_new_tokens=r["max_new_tokens"], batch_size=r["batch_size"], cost_ratio=0.0,
                    cost_ratio_source="")
@@ -191,15 +191,16 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    from specref.cli.reproduce import _check_built, _config, _load_head, _setups, add_arguments
+    # the options are `specref reproduce`'s, defined once by the command line (which imports nothing of this module)
+    from specref.cli.reproduce import add_arguments, repro_config
+    from specref.loading import load_head, resolve_device
+    from specref.repro.setups import check_built, select_setups
 
     p = argparse.ArgumentParser(prog="torchrun -m specref.repro.distributed", description=__doc__.splitlines()[0])
     add_arguments(p)
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
-    from specref.loading import resolve_device
-
     try:
         device = resolve_device(args.device)
         if device == "cuda":
@@ -216,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None or device == "cpu":
         torch.set_num_threads(args.threads or 1)
     try:
-        cfg = _config(args)
+        cfg = repro_config(args)
         if rank != 0:
             cfg.progress = False
-        head = _load_head(args.head)
-        setups = _setups(args)
-        _check_built(setups, args.standin)
+        head = load_head(args.head) if args.head is not None else None
+        setups = select_setups(args.task, args.pair, args.config, args.standin)
+        check_built(setups, args.standin)
         timings = []
         for setup in setups:
             result, timing = run_distributed(setup, args.out, cfg, device, head, args.engine)

@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from specref.repro.backend import Backend
-from specref.repro.methods import DEFAULT_METHODS, ROBUSTNESS_METHODS, get_method
+from specref.repro.methods import DEFAULT_METHODS, ROBUSTNESS_METHODS, get_method, parse_alpha_overrides
 from specref.repro.runner import ROBUSTNESS, Point, RunInfo, RunReport, Setting, plan_points, run_points
 from specref.repro.setups import Setup
 from specref.repro.store import KEY_COLUMNS, PointStore, atomic_write, format_value, row_key
 from specref.repro.summary import COST_AXES, Summary, summarize
 
-__all__ = ["QUICK", "FULL", "ReproConfig", "ReproResult", "reproduce", "select_examples"]
+__all__ = [
+    "QUICK", "FULL", "ReproConfig", "ReproResult", "config_from_text", "reproduce", "resolve_settings",
+    "select_examples", "sweep_plan",
+]
 
 #: Quick mode (the default): sized so ``specref reproduce`` on the zoo translation pair finishes within
 #: 5 minutes on a 2-core CPU (measured: about a minute with random-init models of the pair's shape, which
@@ -79,6 +82,20 @@ class ReproConfig:
     plots: bool = True
 
 
+def config_from_text(methods: str | None = None, alphas: str | None = None, **settings: Any) -> ReproConfig:
+    """A :class:`ReproConfig` from the command line's text forms: ``methods`` as comma-separated method keys
+    (each checked), ``alphas`` as :func:`~specref.repro.methods.parse_alpha_overrides` reads them;
+    ``settings``: the other fields, as they are."""
+    keys = None
+    if methods:
+        keys = tuple(m.strip() for m in methods.split(",") if m.strip())
+        for m in keys:
+            get_method(m)
+    # without methods an alpha may name a default method, the head's (learned) or ensemble
+    parsed = parse_alpha_overrides(alphas, keys or DEFAULT_METHODS + ("learned", "ensemble"))
+    return ReproConfig(methods=keys, alphas=parsed, **settings)
+
+
 @dataclass
 class ReproResult:
     """What a reproduction produced."""
@@ -105,7 +122,7 @@ def select_examples(examples: Sequence[Any], n: int | None) -> list[Any]:
     return [examples[(i * len(examples)) // n] for i in range(n)]
 
 
-def _resolved(setup: Setup, cfg: ReproConfig, device: str = "cpu") -> dict[str, Any]:
+def resolve_settings(setup: Setup, cfg: ReproConfig, device: str = "cpu") -> dict[str, Any]:
     """Every setting of the run, first found in: the explicit config; in quick mode the setup's ``quick``
     section; the setup's defaults (the paper's setting for YAML setups); the mode's table for the task."""
     task_name = getattr(setup.task, "name", "")
@@ -133,8 +150,9 @@ def _resolved(setup: Setup, cfg: ReproConfig, device: str = "cpu") -> dict[str, 
     }
 
 
-def _plan(r: dict[str, Any], cfg: ReproConfig, has_head: bool) -> tuple[list[Point], dict[str, list[Setting]]]:
-    """Points to decode and, per sweep part ("main" or a factor), the settings it covers."""
+def sweep_plan(r: dict[str, Any], cfg: ReproConfig, has_head: bool) -> tuple[list[Point], dict[str, list[Setting]]]:
+    """Points to decode (``r``: :func:`resolve_settings`) and, per sweep part ("main" or a factor), the settings
+    it covers."""
     methods = [m for m in r["methods"] if has_head or not get_method(m).needs_head]
     if has_head and "learned" not in methods and not cfg.methods:
         methods.append("learned")
@@ -178,7 +196,7 @@ def reproduce(
     from specref import __version__
 
     cfg = cfg or ReproConfig()
-    r = _resolved(setup, cfg, device)
+    r = resolve_settings(setup, cfg, device)
     if r["axis"] not in COST_AXES:
         raise ValueError(f"unknown cost axis {r['axis']!r}; choose one of {COST_AXES}")
     out_dir = _inside(Path(out) / setup.folder, Path(out))
@@ -186,7 +204,7 @@ def reproduce(
     examples = select_examples(setup.task.load(r["split"]), r["max_examples"])
     if not examples:
         raise ValueError(f"task {setup.task.name!r} has no {r['split']} examples")
-    points, parts = _plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
+    points, parts = sweep_plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
     if backend is None:
         from specref.repro.hf import HFBackend
 

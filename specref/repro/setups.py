@@ -9,6 +9,9 @@ to get one:
 * either of them with ``standin=True``: the same pipeline with tiny random-init models built from
   Hugging Face configs (the YAML's ``standin`` section, or a built-in tiny T5 / Llama for zoo pairs) and
   the zoo's tokenizer and data, so a test can run every setup end to end without weights.
+
+:func:`select_setups` picks the setups of one run from a task, a pair or a YAML file (the choices of
+``specref reproduce`` and its data-parallel twin), and :func:`check_built` refuses zoo pairs without weights.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import Any
 
 __all__ = [
     "JsonlTask",
+    "check_built",
     "check_setup_name",
     "Setup",
     "STANDIN_ARCH",
     "exact_match",
     "load_setup",
+    "select_setups",
     "zoo_setup",
 ]
 
@@ -256,3 +261,41 @@ def load_setup(path: str | Path, standin: bool = False) -> Setup:
                    dtype="float32", standin_seed=int(sub.get("seed", 0)),
                    defaults={**defaults, **overrides}, quick={**setup.quick, **overrides},
                    folder=f"{setup.folder}-standin")
+
+
+def select_setups(task: str | None = None, pair: str | None = None, config: str | Path | None = None,
+                  standin: bool = False) -> list[Setup]:
+    """The setups of one run: the YAML setup ``config``; every zoo pair (``task="all"``); the zoo ``pair``
+    (checked against ``task`` when both are given); else the zoo pair of ``task`` (default translation)."""
+    from specref import zoo
+
+    if config:
+        if task or pair:
+            raise ValueError("--config names its own models and data; drop --task / --pair")
+        return [load_setup(config, standin=standin)]
+    if task == "all":
+        if pair:
+            raise ValueError("--task all runs every zoo pair; drop --pair")
+        return [zoo_setup(name, standin=standin) for name in zoo.list_pairs()]
+    if pair:
+        return [zoo_setup(pair, standin=standin, task=task)]
+    task = task or "translation"
+    pairs = [n for n in zoo.list_pairs() if zoo.get_spec(n).task == task]
+    if not pairs:
+        raise ValueError(f"no zoo pair for task {task!r}; tasks with pairs: "
+                         f"{sorted({zoo.get_spec(n).task for n in zoo.list_pairs()})}")
+    return [zoo_setup(pairs[0], standin=standin)]
+
+
+def check_built(setups: Sequence[Setup], standin: bool) -> None:
+    """Refuse, before any decoding, a zoo pair whose weights are not in this installation (stand-ins and
+    setups of other models need none)."""
+    from specref import zoo
+
+    for setup in setups:
+        if standin or setup.pair not in zoo.list_pairs() or zoo.is_built(setup.pair):
+            continue
+        raise FileNotFoundError(
+            f"zoo pair {setup.pair!r} has no trained weights in this installation ({zoo.BUILD_HINT}); "
+            "add --standin to check the pipeline with tiny random-init models instead"
+        )
