@@ -1,7 +1,8 @@
 """Small tables from `specref evaluate`'s offline_eval.csv and the online sweep (results/learned/README.md).
 
-    python results/learned/tables.py            # rewrites results/learned/<pair>/lspec_table.{md,csv}
+    python -m training.deferral.tables          # rewrites results/learned/<pair>/lspec_table.{md,csv}
                                                 #       and results/learned/online/<pair>/online_table.md
+    python -m training.deferral.tables DIR      # the same for another folder laid out like results/learned
 
 Offline: for each cost weight lambda, (1) L_spec of every rule run at knob alpha = lambda (what
 `specref evaluate` prints; for OPT, learned heads and the oracle this is the Lemma 4 plug-in prescription),
@@ -16,7 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+#: the committed learned-deferral results of this checkout (training/ sits beside results/)
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "learned"
 LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 ORDER = (
     "draft",
@@ -168,13 +170,23 @@ def online(pair_dir: Path) -> None:
     (pair_dir / "online_table.md").write_text("\n".join(md) + "\n")
 
 
-if __name__ == "__main__":
-    for d in sorted(HERE.iterdir()):
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        print("usage: python -m training.deferral.tables [DIR]  (default: results/learned of this checkout)",
+              file=sys.stderr)
+        return 2
+    root = Path(args[0]) if args else RESULTS
+    for d in sorted(root.iterdir()):
         if (d / "offline_eval.csv").exists():
             offline(d)
     for sub in ("online", "online-t0"):
-        if (HERE / sub).is_dir():
-            for d in sorted((HERE / sub).iterdir()):
+        if (root / sub).is_dir():
+            for d in sorted((root / sub).iterdir()):
                 if d.is_dir():
                     online(d)
-    sys.exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
