@@ -38,7 +38,7 @@ if REPO not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.suite import PAIR_SHAPES, _llama, cast  # noqa: E402
+from bench.models import PAIR_SHAPES, cast, llama  # noqa: E402
 from specref.decode import make_decoder  # noqa: E402
 from specref.decode.profile import RoundProfiler  # noqa: E402
 
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     t_shape, d_shape = PAIR_SHAPES["smoke" if args.smoke else "full"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    draft = cast(_llama(d_shape, args.vocab, tied=True), dtype).to(device).eval()
-    target = cast(_llama(t_shape, args.vocab, tied=False), dtype).to(device).eval()
+    draft = cast(llama(d_shape, args.vocab, tied=True), dtype).to(device).eval()
+    target = cast(llama(t_shape, args.vocab, tied=False), dtype).to(device).eval()
     gen = torch.Generator().manual_seed(1)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "torch": torch.__version__, "shapes": {"target": t_shape, "draft": d_shape},

@@ -42,11 +42,16 @@ import time
 import traceback
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from bench import clock  # noqa: E402
+from bench.clock import elapsed, log  # noqa: E402
+from bench.decoding import assisted, groups, run_ours  # noqa: E402
+from bench.models import llama  # noqa: E402
+from bench.output import slug, strip_suffix, write_report  # noqa: E402
+from bench.timing import measure_bandwidth, sync  # noqa: E402
 
 #: Llama-3-8B with a 32000-token vocabulary (7.24B parameters, untied output matrix).
 TARGET_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -72,22 +77,6 @@ TEMPERATURES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0)
 TARGET_AGREEMENT = 0.8
 PARTS = ("core", "hf", "compile")
 
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", flush=True)
-
-
-def elapsed() -> float:
-    return time.perf_counter() - _T0
-
-
-def _suite() -> Any:
-    import suite
-
-    return suite
-
 
 # ---- models ------------------------------------------------------------------------------------------------
 
@@ -100,7 +89,7 @@ def build(shape: dict[str, Any], tied: bool, vocab: int, device: str, dtype: Any
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = _suite()._llama(shape, vocab, tied=tied, context=context).eval()
+            model = llama(shape, vocab, tied=tied, context=context).eval()
     finally:
         torch.set_default_dtype(prev)
     model.requires_grad_(False)
@@ -191,17 +180,17 @@ def _args(T: float, a: argparse.Namespace) -> argparse.Namespace:
 
 def run_specref(draft: Any, target: Any, method: str, engine: str, prompts: list[list[int]], batch: int, T: float,
                 a: argparse.Namespace, device: str, profile: bool) -> dict[str, Any]:
-    """tok/s of one specref configuration (suite.run_ours: one warm-up with the timed shapes, best of
+    """tok/s of one specref configuration (``run_ours``: one warm-up with the timed shapes, best of
     ``repeats``), and optionally a second pass under the round profiler."""
     from specref.decode import make_decoder
 
     kw = {"alpha": a.alpha} if method == "token_v3" else {}
     t0 = time.perf_counter()
     dec = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, **kw)
-    row = _suite().run_ours(dec, prompts, batch, _args(T, a), device)
+    row = run_ours(dec, prompts, batch, _args(T, a), device)
     row["seconds_with_warmup"] = time.perf_counter() - t0
     if profile:
-        row["profile"] = _suite().run_ours(dec, prompts, batch, _args(T, a), device, profile=True)["profile"]
+        row["profile"] = run_ours(dec, prompts, batch, _args(T, a), device, profile=True)["profile"]
     return row
 
 
@@ -211,30 +200,25 @@ def run_transformers(target: Any, draft: Any | None, prompts: list[list[int]], b
     (``draft`` given, batch 1, constant ``gamma`` draft tokens). First call = warm-up (compilation)."""
     import torch
 
-    S = _suite()
     kw: dict[str, Any] = {"do_sample": True, "temperature": T, "top_k": 0, "top_p": 1.0,
                           "max_new_tokens": a.max_new_tokens, "min_new_tokens": a.max_new_tokens,
                           "pad_token_id": 0, "eos_token_id": None}
     if static:
         kw["cache_implementation"] = "static"
     if draft is not None:
-        gc = draft.generation_config
-        gc.num_assistant_tokens = a.gamma
-        gc.num_assistant_tokens_schedule = "constant"
-        gc.assistant_confidence_threshold = 0.0
-        kw["assistant_model"] = draft
-    groups = [[p] for p in prompts[: a.requests]] if batch == 1 else [prompts[:batch]]
+        kw.update(assisted(draft, a.gamma))
+    grps = groups(prompts, batch, a.requests)
 
     def once(seed: int) -> tuple[float, int]:
         wall, tokens = 0.0, 0
-        for k, grp in enumerate(groups):
+        for k, grp in enumerate(grps):
             ids = torch.tensor(grp, device=device)
             torch.manual_seed(seed + k)
-            S.sync(device)
+            sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = target.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-            S.sync(device)
+            sync(device)
             wall += time.perf_counter() - t0
             tokens += (out.shape[1] - ids.shape[1]) * ids.shape[0]
         return wall, tokens
@@ -244,7 +228,7 @@ def run_transformers(target: Any, draft: Any | None, prompts: list[list[int]], b
     warm = time.perf_counter() - t0
     wall, tokens = min((once(1000 * (r + 1)) for r in range(a.repeats)), key=lambda x: x[0])
     return {"tokens_per_s": tokens / wall, "tokens": tokens, "wall_s": wall, "warmup_s": warm,
-            "latency_ms": 1000 * wall / len(groups)}
+            "latency_ms": 1000 * wall / len(grps)}
 
 
 def step_floors(info: dict[str, Any], batch: int, context: float, bw_gb_s: float) -> float:
@@ -511,11 +495,7 @@ def write(prefix: str, R: dict[str, Any]) -> None:
     R["analysis"] = analyse(R)
     R["total_seconds"] = round(elapsed(), 1)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    for ext, text in ((".json", json.dumps(R, indent=1, default=str)), (".md", markdown(R))):
-        tmp = prefix + ext + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, prefix + ext)
+    write_report(prefix, R, markdown(R))
 
 
 def render(path: str) -> int:
@@ -526,9 +506,7 @@ def render(path: str) -> int:
         raise SystemExit(f"{path}: not a bench/realistic.py result (no 'section': 'realistic')")
     prefix = path[: -len(".json")] if path.endswith(".json") else path
     R["analysis"] = analyse(R)
-    for ext, text in ((".json", json.dumps(R, indent=1, default=str)), (".md", markdown(R))):
-        with open(prefix + ext, "w") as fh:
-            fh.write(text)
+    write_report(prefix, R, markdown(R))
     print(f"rewrote {prefix}.json and {prefix}.md")
     return 0
 
@@ -570,12 +548,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    global _T0
-    _T0 = time.perf_counter()
+    clock.restart()
     import torch
     import transformers
 
-    S = _suite()
     smoke = args.smoke
     device = args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     cuda = device.startswith("cuda")
@@ -599,10 +575,7 @@ def run(args: argparse.Namespace) -> int:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine() or "cpu")
-    prefix = args.out or os.path.join(REPO, "bench", "results", S._slug(gpu) + "-realistic")
-    for ext in (".json", ".md"):
-        if prefix.endswith(ext):
-            prefix = prefix[: -len(ext)]
+    prefix = strip_suffix(args.out or os.path.join(REPO, "bench", "results", slug(gpu) + "-realistic"))
     a = {k: v for k, v in vars(args).items() if k not in ("func", "command", "render")}
     a.update(batch_sizes=bs, dtype=str(dtype).replace("torch.", ""))
     R: dict[str, Any] = {"section": "realistic", "smoke": smoke, "args": a, "vocab": shapes["vocab"],
@@ -627,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
             log(f"{key}: error {type(err).__name__}: {err}")
         write(prefix, R)
 
-    R["env"]["bandwidth"] = S.measure_bandwidth(device, smoke)
+    R["env"]["bandwidth"] = measure_bandwidth(device, smoke)
     log(f"copy bandwidth {R['env']['bandwidth']['gb_per_s']:.0f} GB/s")
     vocab = shapes["vocab"]
     t0 = time.perf_counter()
