@@ -547,48 +547,52 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
-    clock.restart()
-    import torch
-    import transformers
+class RealisticRun:
+    """One run of the realistic-size section: options, device, results ``R`` (written after every row), the
+    models and prompts. Each part is one method, called in order by :func:`run`."""
 
-    smoke = args.smoke
-    device = args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-    cuda = device.startswith("cuda")
-    for k, v in {"max_new_tokens": 8 if smoke else 128, "prompt_len": 8 if smoke else 64,
-                 "batch_sizes": "1,2" if smoke else "1,8,32,64", "requests": 1 if smoke else 2,
-                 "budget_s": 60 if smoke else 420}.items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    bs = [int(b) for b in str(args.batch_sizes).split(",")]
-    parts = set(args.parts.split(","))
-    if not parts <= set(PARTS):
-        raise ValueError(f"unknown part in --parts {args.parts!r}; allowed: {', '.join(PARTS)}")
-    drafts = [d for d in args.drafts.split(",") if d]
-    shapes = SHAPES["smoke" if smoke else "full"]
-    for d in drafts:
-        if d not in shapes["drafts"]:
-            raise ValueError(f"unknown draft {d!r}; allowed: {', '.join(shapes['drafts'])}")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    if smoke:
-        torch.set_num_threads(1)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    gpu = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine() or "cpu")
-    prefix = strip_suffix(args.out or os.path.join(REPO, "bench", "results", slug(gpu) + "-realistic"))
-    a = {k: v for k, v in vars(args).items() if k not in ("func", "command", "render")}
-    a.update(batch_sizes=bs, dtype=str(dtype).replace("torch.", ""))
-    R: dict[str, Any] = {"section": "realistic", "smoke": smoke, "args": a, "vocab": shapes["vocab"],
-                         "skipped": [], "errors": [], "decode": {}, "drafts_done": [], "models": {},
-                         "agreement": {}, "temperature": {},
-                         "env": {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
-                                 "python": platform.python_version()}}
-    log(f"realistic bench on {gpu} ({device}); budget {args.budget_s:.0f} s; writing {prefix}.json/.md")
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+        import transformers
 
-    def over(frac: float = 1.0) -> bool:
-        return elapsed() > frac * args.budget_s
+        self.args = args
+        self.smoke = smoke = args.smoke
+        self.device = device = args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+        self.cuda = cuda = device.startswith("cuda")
+        for k, v in {"max_new_tokens": 8 if smoke else 128, "prompt_len": 8 if smoke else 64,
+                     "batch_sizes": "1,2" if smoke else "1,8,32,64", "requests": 1 if smoke else 2,
+                     "budget_s": 60 if smoke else 420}.items():
+            if getattr(args, k, None) is None:
+                setattr(args, k, v)
+        self.bs = bs = [int(b) for b in str(args.batch_sizes).split(",")]
+        self.parts = set(args.parts.split(","))
+        if not self.parts <= set(PARTS):
+            raise ValueError(f"unknown part in --parts {args.parts!r}; allowed: {', '.join(PARTS)}")
+        self.drafts = [d for d in args.drafts.split(",") if d]
+        self.shapes = shapes = SHAPES["smoke" if smoke else "full"]
+        for d in self.drafts:
+            if d not in shapes["drafts"]:
+                raise ValueError(f"unknown draft {d!r}; allowed: {', '.join(shapes['drafts'])}")
+        self.dtype = dtype = torch.bfloat16 if cuda else torch.float32
+        if smoke:
+            torch.set_num_threads(1)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+        gpu = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine() or "cpu")
+        self.prefix = prefix = strip_suffix(args.out or os.path.join(REPO, "bench", "results",
+                                                                     slug(gpu) + "-realistic"))
+        a = {k: v for k, v in vars(args).items() if k not in ("func", "command", "render")}
+        a.update(batch_sizes=bs, dtype=str(dtype).replace("torch.", ""))
+        self.R: dict[str, Any] = {
+            "section": "realistic", "smoke": smoke, "args": a, "vocab": shapes["vocab"],
+            "skipped": [], "errors": [], "decode": {}, "drafts_done": [], "models": {},
+            "agreement": {}, "temperature": {},
+            "env": {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+                    "python": platform.python_version()}}
+        log(f"realistic bench on {gpu} ({device}); budget {args.budget_s:.0f} s; writing {prefix}.json/.md")
 
-    def attempt(key: str, fn: Any) -> None:
+    def attempt(self, key: str, fn: Any) -> None:
+        R = self.R
         try:
             R["decode"][key] = row = fn()
             log(f"{key}: {row['tokens_per_s']:.1f} tok/s"
@@ -598,81 +602,104 @@ def run(args: argparse.Namespace) -> int:
             R["decode"][key] = {"error": f"{type(err).__name__}: {err}"}
             R["errors"].append(f"{key}: {type(err).__name__}: {err}\n{traceback.format_exc()}")
             log(f"{key}: error {type(err).__name__}: {err}")
-        write(prefix, R)
+        write(self.prefix, R)
 
-    R["env"]["bandwidth"] = measure_bandwidth(device, smoke)
-    log(f"copy bandwidth {R['env']['bandwidth']['gb_per_s']:.0f} GB/s")
-    vocab = shapes["vocab"]
-    t0 = time.perf_counter()
-    target = build(*shapes["target"], vocab=vocab, device=device, dtype=dtype)
-    R["models"]["target"] = model_info(target)
-    R["build_s"] = {"target": time.perf_counter() - t0}
-    log(f"target {R['models']['target']['params'] / 1e9:.3f}B built in {R['build_s']['target']:.1f} s")
-    n_prompts = max(max(bs), args.requests)
-    prompts = random_prompts(n_prompts, args.prompt_len, vocab, args.seed)
-    calib = random_prompts(4, 16 if smoke else 128, vocab, args.seed + 1)
-    R["agreement_positions"] = 4 * len(calib[0])
-    models: dict[str, Any] = {}
-    for d in drafts:
+    def models_and_prompts(self) -> None:
+        """Bandwidth, the target, the prompts, then each draft with its agreement by temperature."""
+        args, R, device, dtype, shapes = self.args, self.R, self.device, self.dtype, self.shapes
+        R["env"]["bandwidth"] = measure_bandwidth(device, self.smoke)
+        log(f"copy bandwidth {R['env']['bandwidth']['gb_per_s']:.0f} GB/s")
+        vocab = shapes["vocab"]
         t0 = time.perf_counter()
-        models[d] = build(*shapes["drafts"][d], vocab=vocab, device=device, dtype=dtype)
-        R["build_s"][d] = time.perf_counter() - t0
-        R["models"][d] = model_info(models[d])
-        R["agreement"][d] = agreement_by_temperature(models[d], target, calib, device)
-        R["temperature"][d] = pick_temperature(R["agreement"][d])
-        log(f"draft {d}: {R['models'][d]['params'] / 1e9:.3f}B; 1 - TV by T "
-            + ", ".join(f"{t}: {v:.3f}" for t, v in R["agreement"][d].items())
-            + f"; decoding at T = {R['temperature'][d]}")
-    write(prefix, R)
-    T_ref = R["temperature"][drafts[0]] if drafts else 1.0
+        self.target = target = build(*shapes["target"], vocab=vocab, device=device, dtype=dtype)
+        R["models"]["target"] = model_info(target)
+        R["build_s"] = {"target": time.perf_counter() - t0}
+        log(f"target {R['models']['target']['params'] / 1e9:.3f}B built in {R['build_s']['target']:.1f} s")
+        n_prompts = max(max(self.bs), args.requests)
+        self.prompts = random_prompts(n_prompts, args.prompt_len, vocab, args.seed)
+        calib = random_prompts(4, 16 if self.smoke else 128, vocab, args.seed + 1)
+        R["agreement_positions"] = 4 * len(calib[0])
+        self.models: dict[str, Any] = {}
+        for d in self.drafts:
+            t0 = time.perf_counter()
+            self.models[d] = build(*shapes["drafts"][d], vocab=vocab, device=device, dtype=dtype)
+            R["build_s"][d] = time.perf_counter() - t0
+            R["models"][d] = model_info(self.models[d])
+            R["agreement"][d] = agreement_by_temperature(self.models[d], target, calib, device)
+            R["temperature"][d] = pick_temperature(R["agreement"][d])
+            log(f"draft {d}: {R['models'][d]['params'] / 1e9:.3f}B; 1 - TV by T "
+                + ", ".join(f"{t}: {v:.3f}" for t, v in R["agreement"][d].items())
+                + f"; decoding at T = {R['temperature'][d]}")
+        write(self.prefix, R)
+        self.T_ref = R["temperature"][self.drafts[0]] if self.drafts else 1.0
 
-    # core: specref graph engine, every batch size; profiled at batch 1 and 32 (step times, outside share)
-    for b in bs if "core" in parts else []:
-        prof = b in (1, 32)
-        attempt(f"specref/graph/target/b{b}",
-                lambda b=b, prof=prof: run_specref(target, target, "target", "graph", prompts, b, T_ref, args,
-                                                   device, prof))
-        for d in drafts:
-            for m in ("specdecode", "token_v3"):
-                attempt(f"specref/graph/{m}/{d}/b{b}",
-                        lambda b=b, d=d, m=m, prof=prof: run_specref(
-                            models[d], target, m, "graph", prompts, b, R["temperature"][d], args, device,
-                            prof and m == "specdecode"))
-            if d not in R["drafts_done"]:
-                R["drafts_done"].append(d)
-    # the rest in priority order, each started only when its expected duration fits the remaining budget
-    # (expected seconds on one H200: transformers compiles a 7B forward in about a minute, compile-graph takes
-    # minutes per decoder)
-    optional: list[tuple[str, float, Any]] = []
-    if "hf" in parts:
-        optional += [("transformers/eager/target/b1", 15,
-                      lambda: run_transformers(target, None, prompts, 1, T_ref, args, device, static=False)),
-                     ("transformers/static/target/b1", 90,
-                      lambda: run_transformers(target, None, prompts, 1, T_ref, args, device, static=True))]
-        optional += [(f"transformers/assisted/{d}/b1", 25,
-                      lambda d=d: run_transformers(target, models[d], prompts, 1, R["temperature"][d], args, device,
-                                                   static=False)) for d in drafts]
-    if "compile" in parts and (args.compile == "on" or (args.compile == "auto" and cuda)):
-        optional.append(("specref/compile-graph/target/b1", 150,
-                         lambda: run_specref(target, target, "target", "compile-graph", prompts, 1, T_ref, args,
-                                             device, False)))
-        if drafts:
-            d0 = drafts[0]
-            optional.append((f"specref/compile-graph/specdecode/{d0}/b1", 200,
-                             lambda: run_specref(models[d0], target, "specdecode", "compile-graph", prompts, 1,
-                                                 R["temperature"][d0], args, device, False)))
-    if "hf" in parts:
-        optional += [(f"transformers/static/target/b{b}", 90,
-                      lambda b=b: run_transformers(target, None, prompts, b, T_ref, args, device, static=True))
-                     for b in bs[1:]]
-    for key, expect, fn in optional:
-        if smoke or elapsed() + expect <= args.budget_s:
-            attempt(key, fn)
-        else:
-            R["skipped"].append(key)
-            log(f"{key}: skipped (about {expect:.0f} s, {args.budget_s - elapsed():.0f} s of budget left)")
-    write(prefix, R)
-    log(f"done in {elapsed():.0f} s: {prefix}.json, {prefix}.md")
+    def core(self) -> None:
+        """specref graph engine, every batch size; profiled at batch 1 and 32 (step times, outside share)."""
+        args, R, device, target, prompts, T_ref = self.args, self.R, self.device, self.target, self.prompts, self.T_ref
+        models = self.models
+        for b in self.bs if "core" in self.parts else []:
+            prof = b in (1, 32)
+            self.attempt(f"specref/graph/target/b{b}",
+                         lambda b=b, prof=prof: run_specref(target, target, "target", "graph", prompts, b, T_ref,
+                                                            args, device, prof))
+            for d in self.drafts:
+                for m in ("specdecode", "token_v3"):
+                    self.attempt(f"specref/graph/{m}/{d}/b{b}",
+                                 lambda b=b, d=d, m=m, prof=prof: run_specref(
+                                     models[d], target, m, "graph", prompts, b, R["temperature"][d], args, device,
+                                     prof and m == "specdecode"))
+                if d not in R["drafts_done"]:
+                    R["drafts_done"].append(d)
+
+    def optional(self) -> list[tuple[str, float, Any]]:
+        """The rest in priority order, with each one's expected seconds on one H200 (transformers compiles a 7B
+        forward in about a minute, compile-graph takes minutes per decoder)."""
+        args, R, device, target, prompts, T_ref = self.args, self.R, self.device, self.target, self.prompts, self.T_ref
+        models, drafts, parts = self.models, self.drafts, self.parts
+        optional: list[tuple[str, float, Any]] = []
+        if "hf" in parts:
+            optional += [("transformers/eager/target/b1", 15,
+                          lambda: run_transformers(target, None, prompts, 1, T_ref, args, device, static=False)),
+                         ("transformers/static/target/b1", 90,
+                          lambda: run_transformers(target, None, prompts, 1, T_ref, args, device, static=True))]
+            optional += [(f"transformers/assisted/{d}/b1", 25,
+                          lambda d=d: run_transformers(target, models[d], prompts, 1, R["temperature"][d], args,
+                                                       device, static=False)) for d in drafts]
+        if "compile" in parts and (args.compile == "on" or (args.compile == "auto" and self.cuda)):
+            optional.append(("specref/compile-graph/target/b1", 150,
+                             lambda: run_specref(target, target, "target", "compile-graph", prompts, 1, T_ref, args,
+                                                 device, False)))
+            if drafts:
+                d0 = drafts[0]
+                optional.append((f"specref/compile-graph/specdecode/{d0}/b1", 200,
+                                 lambda: run_specref(models[d0], target, "specdecode", "compile-graph", prompts, 1,
+                                                     R["temperature"][d0], args, device, False)))
+        if "hf" in parts:
+            optional += [(f"transformers/static/target/b{b}", 90,
+                          lambda b=b: run_transformers(target, None, prompts, b, T_ref, args, device, static=True))
+                         for b in self.bs[1:]]
+        return optional
+
+    def while_budget_lasts(self) -> None:
+        """Each optional row, started only when its expected duration fits the remaining budget."""
+        budget = self.args.budget_s
+        for key, expect, fn in self.optional():
+            if self.smoke or elapsed() + expect <= budget:
+                self.attempt(key, fn)
+            else:
+                self.R["skipped"].append(key)
+                log(f"{key}: skipped (about {expect:.0f} s, {budget - elapsed():.0f} s of budget left)")
+
+    def finish(self) -> None:
+        write(self.prefix, self.R)
+        log(f"done in {elapsed():.0f} s: {self.prefix}.json, {self.prefix}.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    clock.restart()
+    section = RealisticRun(args)
+    for step in (section.models_and_prompts, section.core, section.while_budget_lasts, section.finish):
+        step()
     return 0
 
 
