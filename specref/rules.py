@@ -34,11 +34,17 @@ __all__ = [
     "ALPHA_MEANING",
     "NAMES",
     "DeferralHead",
+    "PositionStats",
     "Rule",
     "RuleOutput",
+    "SweepGrid",
     "alpha_regime",
+    "cost_penalty",
     "get",
+    "get_swept",
     "register",
+    "sweep_grid",
+    "unregister",
 ]
 
 
@@ -132,8 +138,103 @@ def warn_degenerate_alpha(name: str, alpha: float | None, stacklevel: int = 3) -
 
 def missing_alpha_error(name: str) -> ValueError:
     """The error of a method that needs alpha and got none."""
-    return ValueError(f"{name} needs alpha ({ALPHA_MEANING[name]}); there is no default")
+    meaning = ALPHA_MEANING.get(name, "see the rule's documentation")
+    return ValueError(f"{name} needs alpha ({meaning}); there is no default")
 
+
+
+# ---- what whole-position rules read ------------------------------------------------------------------
+
+
+class PositionStats:
+    """The per-position quantities ``[...]`` a whole-position rule decides from, computed on first use.
+
+    ``q_max`` / ``p_max``: maxima of the untempered pair (what the paper's rules compare); ``tv``:
+    ``TV(p, q)`` of the tempered pair that is sampled (the rejection rate it prices, Lemma 3); ``estimates``:
+    a learned head's ``[..., 2]`` (loss_q, loss_p). At decode time they come from the full distributions
+    (:meth:`of_pair`); offline they come from a log's columns (:meth:`of_log`), so a rule written as
+    :meth:`Rule.decide_position` is the same code in the decoder and in offline evaluation.
+    """
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        dtype: torch.dtype,
+        device: torch.device,
+        compute: dict[str, Callable[[], Tensor]],
+        source: str,
+        features: Any = None,
+    ) -> None:
+        self.shape, self.dtype, self.device, self.features = shape, dtype, device, features
+        self._compute = compute
+        self._source = source
+        self._cache: dict[str, Tensor] = {}
+
+    @classmethod
+    def of_pair(
+        cls,
+        q_rule: Tensor,  # [..., V] untempered draft
+        p_rule: Tensor,  # [..., V] untempered target
+        q: Tensor,  # [..., V] tempered draft (sampled)
+        p: Tensor,  # [..., V] tempered target (sampled)
+        features: Any = None,
+        estimates: Callable[[], Tensor] | None = None,  # () -> [..., 2]
+    ) -> PositionStats:
+        compute: dict[str, Callable[[], Tensor]] = {
+            "q_max": lambda: _max(q_rule), "p_max": lambda: _max(p_rule), "tv": lambda: tv(p, q),
+        }
+        if estimates is not None:
+            compute["estimates"] = estimates
+        return cls(q.shape[:-1], q.dtype, q.device, compute, "the full distributions", features)
+
+    @classmethod
+    def of_log(
+        cls,
+        columns: Any,  # mapping with "q_max", "p_max", "tv" [N] (specref.logs column names)
+        estimates: Tensor | None = None,  # [N, 2]
+    ) -> PositionStats:
+        """From logged position summaries (untempered; their TV is the sampled pair's at T = 1)."""
+        compute = {name: (lambda v=columns[name]: v) for name in ("q_max", "p_max", "tv") if name in columns}
+        if estimates is not None:
+            compute["estimates"] = lambda: estimates
+        ref = columns["q_max"]
+        return cls(ref.shape, ref.dtype, ref.device, compute, "the logged position summaries")
+
+    def _get(self, name: str) -> Tensor:
+        if name not in self._cache:
+            fn = self._compute.get(name)
+            if fn is None:
+                raise ValueError(f"{name!r} is not available from {self._source}")
+            self._cache[name] = fn()
+        return self._cache[name]
+
+    @property
+    def q_max(self) -> Tensor:
+        """``max_v q_rule(v)`` ``[...]``."""
+        return self._get("q_max")
+
+    @property
+    def p_max(self) -> Tensor:
+        """``max_v p_rule(v)`` ``[...]``."""
+        return self._get("p_max")
+
+    @property
+    def tv(self) -> Tensor:
+        """``TV(p, q)`` ``[...]`` of the sampled pair."""
+        return self._get("tv")
+
+    @property
+    def estimates(self) -> Tensor:
+        """A learned cascade head's ``[..., 2]`` estimated losses of keeping the draft and of deferring."""
+        return self._get("estimates")
+
+
+def cost_penalty(alpha: float, d: Tensor) -> Tensor:
+    """``alpha * TV`` ``[...]``, the price of a deferral in the OPT and learned rules (Eq. 10, Lemma 4).
+
+    ``alpha = +-inf`` with ``TV = 0`` would give NaN; with TV = 0 deferring does not change pi, so 0.
+    """
+    return torch.where(d > 0, alpha * d, torch.zeros_like(d))
 
 
 class Rule:
@@ -163,8 +264,25 @@ class Rule:
 
     # -- to override -------------------------------------------------------------------------------
     def decide(self, q_rule: Tensor, p_rule: Tensor, q: Tensor, p: Tensor, features: Any = None) -> Tensor:
-        """Defer decision: ``[...]`` for whole-position rules, ``[..., V]`` for token rules."""
-        raise NotImplementedError
+        """Defer decision: ``[...]`` for whole-position rules, ``[..., V]`` for token rules.
+
+        Whole-position rules usually implement :meth:`decide_position` instead, which this calls: then the
+        same code decides in the decoder and in offline evaluation on logs. Token rules implement this.
+        """
+        if self.token_level:
+            raise NotImplementedError(f"token rule {self.name!r} must implement decide(q_rule, p_rule, q, p)")
+        return self.decide_position(PositionStats.of_pair(q_rule, p_rule, q, p, features))
+
+    def decide_position(self, stats: PositionStats) -> Tensor:
+        """Whole-position decision ``[...]`` from the position's :class:`PositionStats`."""
+        raise NotImplementedError(
+            f"rule {self.name!r} implements neither decide_position(stats) nor decide(q_rule, p_rule, q, p)"
+        )
+
+    def decides_from_position_stats(self) -> bool:
+        """True when the decision is :meth:`decide_position` alone, so logged summaries can evaluate it."""
+        cls = type(self)
+        return not self.token_level and cls.decide is Rule.decide and cls.decide_position is not Rule.decide_position
 
     def mix(self, defer: Tensor, q: Tensor, p: Tensor) -> Tensor:
         """Target distribution ``pi`` ``[..., V]`` from the decision and the tempered pair."""
@@ -307,8 +425,8 @@ class TargetRule(Rule):
     name = "target"
     takes_alpha = False
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        return torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device)
+    def decide_position(self, stats):
+        return torch.ones(stats.shape, dtype=stats.dtype, device=stats.device)
 
 
 class SpecDecodeRule(TargetRule):
@@ -324,8 +442,8 @@ class DraftRule(Rule):
     needs_target = False
     takes_alpha = False
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
+    def decide_position(self, stats):
+        return torch.zeros(stats.shape, dtype=stats.dtype, device=stats.device)
 
 
 class EnsembleRule(Rule):
@@ -351,8 +469,8 @@ class EnsembleRule(Rule):
     def __repr__(self) -> str:
         return f"EnsembleRule(weight={self.weight!r}, alpha={self.alpha!r})"
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        return torch.full(q.shape[:-1], self.weight, dtype=q.dtype, device=q.device)
+    def decide_position(self, stats):
+        return torch.full(stats.shape, self.weight, dtype=stats.dtype, device=stats.device)
 
 
 class LossyRule(Rule):
@@ -428,8 +546,8 @@ class ChowRule(Rule):
     name = "chow"
     takes_alpha = True
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        return _max(q_rule) < 1 - self.alpha
+    def decide_position(self, stats):
+        return stats.q_max < 1 - self.alpha
 
 
 class DiffRule(Rule):
@@ -438,8 +556,8 @@ class DiffRule(Rule):
     name = "diff"
     takes_alpha = True
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        return _max(q_rule) < _max(p_rule) - self.alpha
+    def decide_position(self, stats):
+        return stats.q_max < stats.p_max - self.alpha
 
 
 class OptRule(Rule):
@@ -452,11 +570,10 @@ class OptRule(Rule):
     name = "opt"
     takes_alpha = True
 
-    def decide(self, q_rule, p_rule, q, p, features=None):
-        d = tv(p, q)
-        # alpha = +-inf with TV = 0 would give NaN; with TV = 0 the decision does not change pi anyway.
-        penalty = torch.where(d > 0, self.alpha * d, torch.zeros_like(d))
-        return _max(q_rule) < _max(p_rule) - penalty
+    def decide_position(self, stats):
+        # the TV first, as before: the same kernels in the same order
+        penalty = cost_penalty(self.alpha, stats.tv)
+        return stats.q_max < stats.p_max - penalty
 
 
 # ---- token-specific rules (Section 4) -----------------------------------------------------------------
@@ -546,12 +663,21 @@ class LearnedRule(Rule):
         if self.token_level:
             if est.shape != q.shape:
                 raise ValueError(f"token head returned shape {tuple(est.shape)}, expected {tuple(q.shape)}")
-            return est < (_max(est) - self.alpha).unsqueeze(-1)
+            return self.decide_scores(est)
         if est.shape != (*q.shape[:-1], 2):
             raise ValueError(f"cascade head returned shape {tuple(est.shape)}, expected {(*q.shape[:-1], 2)}")
-        d = tv(p, q)
-        penalty = torch.where(d > 0, self.alpha * d, torch.zeros_like(d))
+        return self.decide_position(PositionStats.of_pair(q_rule, p_rule, q, p, features, estimates=lambda: est))
+
+    def decide_position(self, stats):
+        """Cascade head: defer iff ``loss_q > loss_p + alpha * TV(p, q)`` (also the oracle's rule, with the
+        realized losses as estimates)."""
+        est = stats.estimates
+        penalty = cost_penalty(self.alpha, stats.tv)
         return est[..., 0] > est[..., 1] + penalty
+
+    def decide_scores(self, scores: Tensor) -> Tensor:  # [..., M] -> [..., M] bool
+        """Token head: defer candidate v iff ``score(v) < max_u score(u) - alpha`` over the scored candidates."""
+        return scores < (_max(scores) - self.alpha).unsqueeze(-1)
 
 
 # ---- registry -------------------------------------------------------------------------------------
@@ -580,11 +706,80 @@ def NAMES() -> tuple[str, ...]:  # noqa: N802 - reads like a constant, stays cur
     return tuple(_REGISTRY)
 
 
-def register(name: str, factory: Callable[..., Rule]) -> None:
-    """Add a rule factory under ``name`` (an existing name is an error, to avoid silent shadowing)."""
-    if name in _REGISTRY:
-        raise ValueError(f"a rule named {name!r} is already registered")
+@dataclass(frozen=True)
+class SweepGrid:
+    """How ``specref reproduce`` sweeps a registered rule: its curve's label and alpha grids."""
+
+    label: str
+    param: str  # what the alpha column means ("" when the rule takes no alpha)
+    quick: tuple[float, ...] = ()
+    full: tuple[float, ...] = ()
+
+
+_SWEEPS: dict[str, SweepGrid] = {}
+_BUILTIN = frozenset(_REGISTRY)
+
+
+def register(
+    name: str,
+    factory: Callable[..., Rule],
+    *,
+    label: str | None = None,
+    alpha_meaning: str | None = None,
+    quick: tuple[float, ...] = (),
+    full: tuple[float, ...] | None = None,
+) -> None:
+    """Add a rule under ``name``: usable by name in :func:`get`, ``make_decoder``, ``specref generate
+    --method``, ``reproduce --methods`` and offline ``evaluate`` (docs/architecture.md).
+
+    ``factory(alpha=..., **options)`` builds the rule (usually the Rule subclass itself). The optional
+    sweep: ``label`` (the curve's name in tables and plots), ``alpha_meaning`` (the alpha column's meaning
+    and the missing-alpha message), ``quick`` / ``full`` alpha grids (``full`` defaults to ``quick``).
+    An existing name, or the name of another decoding method, is an error (no silent shadowing).
+    """
+    from specref.defaults import METHODS  # torch-free; the sequential baselines' names are taken too
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a rule name must be an identifier like 'my_rule', got {name!r}")
+    if name in _REGISTRY or name in METHODS or name == "oracle":
+        raise ValueError(f"a rule or method named {name!r} already exists")
+    if not callable(factory):
+        raise ValueError(f"rule factory for {name!r} must be callable, got {type(factory).__name__}")
+    grid = tuple(float(a) for a in quick)
+    full_grid = grid if full is None else tuple(float(a) for a in full)
+    if any(math.isnan(a) for a in (*grid, *full_grid)):
+        raise ValueError(f"sweep grid of rule {name!r} has a NaN alpha")
     _REGISTRY[name] = factory
+    _SWEEPS[name] = SweepGrid(label or name, alpha_meaning or ("alpha" if grid else ""), grid, full_grid)
+    if alpha_meaning:
+        ALPHA_MEANING[name] = alpha_meaning
+
+
+def unregister(name: str) -> None:
+    """Remove a rule added with :func:`register` (built-in rules cannot be removed)."""
+    if name in _BUILTIN:
+        raise ValueError(f"built-in rule {name!r} cannot be unregistered")
+    if name not in _REGISTRY:
+        raise ValueError(f"no registered rule named {name!r}")
+    del _REGISTRY[name]
+    del _SWEEPS[name]
+    ALPHA_MEANING.pop(name, None)
+
+
+def sweep_grid(name: str) -> SweepGrid | None:
+    """The sweep of a rule added with :func:`register` (None for built-in rules and unknown names)."""
+    return _SWEEPS.get(name)
+
+
+def get_swept(name: str, alpha: float | None, **options: Any) -> Rule:
+    """:func:`get` at one point of a sweep: ``alpha`` goes only to rules that read one, and an alpha at a
+    limit of the rule's range (where sweeps start and end) does not warn."""
+    factory = _REGISTRY.get(name) if isinstance(name, str) else None
+    if name in _NO_ALPHA or getattr(factory, "takes_alpha", None) is False:
+        alpha = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get(name, alpha, **options)
 
 
 def get(name: str, alpha: float | None = None, **options: Any) -> Rule:

@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.verbose)
     _one_line_warnings()
     try:
+        if hasattr(args, "plugin"):  # the commands that take rules by name import the registering modules first
+            from specref import plugins
+
+            plugins.load(args.plugin)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"specref {args.command}: interrupted", file=sys.stderr)

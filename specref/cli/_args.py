@@ -25,6 +25,7 @@ __all__ = [
     "add_device",
     "add_dtype",
     "add_engine",
+    "add_plugins",
     "add_progress",
     "float_tuple",
     "fraction",
@@ -159,6 +160,12 @@ def add_engine(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 def add_cost_ratio(p: argparse.ArgumentParser | argparse._ArgumentGroup, default_help: str) -> None:
     p.add_argument("--cost-ratio", type=nonneg_float, default=None, metavar="C",
                    help=f"draft/target step cost c of the modeled latency (default: {default_help})")
+
+
+def add_plugins(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, to register rules of your own (repeatable; also SPECREF_PLUGINS "
+                        "and entry points of group specref.rules; docs/architecture.md) (default: none)")
 
 
 def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specref.cli._args import float_tuple
+from specref.cli._args import add_plugins, float_tuple
 
 #: The baseline names (kept here so ``--help`` needs no torch; a test checks they equal the library's).
 BASELINES = ("draft", "specdecode", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "oracle")
@@ -36,7 +36,9 @@ def register(subparsers: Any) -> None:
                    help="evaluate only the examples a training run with val_fraction=F held out; F in (0, 1) "
                         "(default: every example)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the --holdout split (default: 0)")
-    p.add_argument("--methods", help=f"comma-separated baselines (default: all of {','.join(BASELINES)})")
+    p.add_argument("--methods", help=f"comma-separated baselines, or rules registered by a --plugin (default: all of "
+                                     f"{','.join(BASELINES)})")
+    add_plugins(p)
     p.add_argument("--plot-loss", choices=("argmax", "sampled"), default="sampled",
                    help="the loss the printed table and the plot show (default: sampled)")
     p.add_argument("--out", required=True, help="output folder for the CSV and the plot")

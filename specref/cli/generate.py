@@ -24,6 +24,7 @@ from specref.cli._args import (
     add_device,
     add_dtype,
     add_engine,
+    add_plugins,
     finite_float,
     nonneg_float,
     nonneg_int,
@@ -58,9 +59,9 @@ def register(subparsers: Any) -> None:
                                        "its pair's)")
     add_device(m)
     add_dtype(m)
-    p.add_argument("--rule", "--method", dest="rule", default="specdecode", choices=METHODS,
-                   help="deferral rule or decoding method; the cascade rules need --alpha (default: specdecode, "
-                        "lossless)")
+    p.add_argument("--rule", "--method", dest="rule", default="specdecode", metavar="METHOD",
+                   help=f"deferral rule or decoding method: {', '.join(METHODS)}, or a rule registered by a "
+                        "--plugin; the cascade rules need --alpha (default: specdecode, lossless)")
     p.add_argument("--alpha", type=finite_float, default=None,
                    help="rule lenience / deferral cost, required by the rules that use one (default: none; see "
                         "docs/decoding.md)")
@@ -86,6 +87,7 @@ def register(subparsers: Any) -> None:
                    help="ignore EOS and always generate --max-new-tokens (default: stop at any EOS id of the "
                         "target's generation config and the tokenizer)")
     add_engine(p)
+    add_plugins(p)
     add_cost_ratio(p, "the pair's per-step parameter ratio")
     p.add_argument("--c", dest="cost_ratio", type=nonneg_float, default=None, help=argparse.SUPPRESS)
     o = p.add_argument_group("method options")
@@ -125,11 +127,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             opts[name] = value
-    if args.rule in RULE_METHODS and args.bonus != "pi":
+    speculative = args.rule in RULE_METHODS or args.rule not in METHODS  # built-in or registered rule
+    if speculative and args.bonus != "pi":
         opts["bonus"] = args.bonus
     elif args.bonus != "pi":
-        raise ValueError(f"--bonus only applies to the speculative rules ({', '.join(RULE_METHODS)}), "
-                         f"not to {args.rule!r}")
+        raise ValueError(f"--bonus only applies to the speculative rules ({', '.join(RULE_METHODS)}, and "
+                         f"registered ones), not to {args.rule!r}")
     if args.head:
         if args.rule != "learned":
             raise ValueError("--head only applies to --rule learned")
@@ -164,9 +167,12 @@ def apply_template(pair: Any, prompts: list[str], raw: bool) -> tuple[list[str],
 
 
 def run(args: argparse.Namespace) -> int:
-    from specref.decode import make_decoder
+    from specref.decode import all_methods, make_decoder
     from specref.loading import load_pair
 
+    if args.rule not in all_methods():  # before loading models: a typo costs nothing
+        raise ValueError(f"unknown --rule {args.rule!r}; choose one of: {', '.join(all_methods())} "
+                         "(or --plugin MODULE to register your own)")
     prompts = _prompts(args)
     if args.pair is None and not (args.draft and args.target):
         raise ValueError("give --pair NAME, or both --draft and --target (model folders, zoo names PAIR:draft / "

@@ -16,6 +16,7 @@ from typing import Any
 from specref.cli._args import (
     add_device,
     add_dtype,
+    add_plugins,
     add_progress,
     finite_float,
     float_tuple,
@@ -63,8 +64,10 @@ def register(subparsers: Any) -> None:
     add_progress(p)
     onp = p.add_argument_group("on-policy logging (decode with the speculative cascade; no reference)")
     onp.add_argument("--on-policy", action="store_true", help="log decoded paths (default: teacher-forced)")
-    onp.add_argument("--rule", default="specdecode", choices=RULE_METHODS,
-                     help="rule that decodes (default: specdecode)")
+    onp.add_argument("--rule", default="specdecode", metavar="RULE",
+                     help=f"rule that decodes: {', '.join(RULE_METHODS)}, or one registered by a --plugin "
+                          "(default: specdecode)")
+    add_plugins(onp)
     onp.add_argument("--alpha", type=finite_float, help="the rule's alpha, where it needs one (default: none)")
     onp.add_argument("--gamma", type=positive_int, default=DEFAULT_GAMMA,
                      help=f"drafts per round (default: {DEFAULT_GAMMA})")
@@ -112,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.on_policy is False and args.alpha is not None:
         raise ValueError("--alpha only applies to --on-policy logging (teacher-forced logs cover --alphas)")
+    from specref import rules
+
+    speculative = tuple(n for n in rules.NAMES() if n not in ("target", "draft"))
+    if args.rule not in speculative:
+        raise ValueError(f"unknown --rule {args.rule!r}; choose one of: {', '.join(speculative)} "
+                         "(or --plugin MODULE to register your own)")
     if args.pair and (args.draft or args.target):
         raise ValueError("give either --pair or --draft/--target, not both")
     task = get_task(_task_name(args))

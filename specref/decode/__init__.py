@@ -23,6 +23,7 @@ from specref.decode.decoder import (
     GenerateOutput,
     NonFiniteLogitsError,
     SpecCascadeDecoder,
+    all_methods,
     make_decoder,
 )
 from specref.decode.stats import DecodeStats, RoundRecord
@@ -41,6 +42,7 @@ __all__ = [
     "SingleModelDecoder",
     "SpecCascadeDecoder",
     "TokenCascadeDecoder",
+    "all_methods",
     "make_decoder",
     "shared_vocab_size",
 ]

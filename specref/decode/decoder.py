@@ -58,11 +58,18 @@ __all__ = [
     "GenerateOutput",
     "NonFiniteLogitsError",
     "SpecCascadeDecoder",
+    "all_methods",
     "make_decoder",
 ]
 
 # METHODS (every method make_decoder accepts) and RULE_METHODS (those with a rule from specref.rules) live
 # in specref.defaults, importable without torch; they are re-exported here under their old names.
+
+
+def all_methods() -> tuple[str, ...]:
+    """Every method :func:`make_decoder` accepts now: the built-in ones, then the rules added with
+    :func:`specref.rules.register`."""
+    return (*METHODS, *(name for name in rules_mod.NAMES() if name not in METHODS))
 
 
 # ---- the speculative cascade ----------------------------------------------------------------------------
@@ -297,7 +304,8 @@ def make_decoder(
     gamma: int = DEFAULT_GAMMA,
     **options: Any,
 ) -> BaseDecoder:
-    """Build the decoder for ``method`` (one of :data:`METHODS`, or a Rule object).
+    """Build the decoder for ``method`` (one of :data:`METHODS`, a rule added with
+    :func:`specref.rules.register`, or a Rule object).
 
     ``alpha`` is required by every method whose rule reads one (see :data:`specref.rules.ALPHA_MEANING`;
     ``ensemble`` may take ``weight``, ``seq_cascade`` ``threshold`` and ``bild`` ``fallback`` instead) and
@@ -322,9 +330,10 @@ def make_decoder(
     }
     if isinstance(method, rules_mod.Rule):
         return SpecCascadeDecoder(draft, target, method, gamma, **options, **common)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if method in RULE_METHODS:
+    known = all_methods()
+    if not isinstance(method, str) or method not in known:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
+    if method in RULE_METHODS or method not in METHODS:  # built-in or registered rule
         bonus = options.pop("bonus", "pi")
         return SpecCascadeDecoder(
             draft, target, method, gamma, bonus=bonus, alpha=alpha, rule_options=options, **common

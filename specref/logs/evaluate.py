@@ -1,7 +1,8 @@
 """Offline evaluation of deferral rules on held-out logs: L_spec, deferral and rejection rates per alpha.
 
 Methods: ``draft``, ``specdecode`` (the two ends), ``chow``, ``diff``, ``opt``, ``token_v1``..``token_v3``,
-every learned head passed in (cascade or token), and ``oracle`` (Lemma 4 with the realized losses). Each
+every learned head passed in (cascade or token), ``oracle`` (Lemma 4 with the realized losses), and any
+rule added with :func:`specref.rules.register` that decides from position statistics (asked for by name). Each
 row of the result is one (method, alpha, loss) with the mean over logged positions of: ``l_spec``
 (``quality_loss + alpha * rejection``), ``quality_loss``, ``deferral_rate``, ``rejection_rate``, and
 the approximation diagnostics ``rejection_bound`` (certified bound on the error of ``rejection_rate``; 0 when
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from specref import rules
 from specref.heads.features import FeatureSpec, candidate_set, context_features, token_features
 from specref.logs.atomic import write_atomic
 from specref.logs.offline import (
@@ -35,7 +37,7 @@ from specref.logs.offline import (
 from specref.logs.schema import TOKEN_RULES
 
 __all__ = ["BASELINES", "CASCADE_BASELINES", "FIELDS", "check_alphas", "check_methods", "evaluate", "head_estimates",
-           "plot", "write_csv"]
+           "plot", "registered_methods", "write_csv"]
 
 CASCADE_BASELINES = ("draft", "specdecode", "chow", "diff", "opt")
 #: Every baseline method name, in table order (also the names a learned head may not take).
@@ -47,13 +49,20 @@ FIELDS = (
 _CHUNK = 8192
 
 
+def registered_methods() -> tuple[str, ...]:
+    """Rules added with :func:`specref.rules.register`: evaluated like the cascade baselines, when they
+    decide from position statistics (:meth:`specref.rules.Rule.decide_position`)."""
+    return tuple(n for n in rules.NAMES() if rules.sweep_grid(n) is not None)
+
+
 def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    """The baseline names asked for, deduplicated in order; a ValueError names any unknown one."""
+    """The method names asked for, deduplicated in order; a ValueError names any unknown one."""
     wanted = tuple(dict.fromkeys(m.strip() for m in methods))
-    unknown = [m for m in wanted if m not in BASELINES]
+    known = (*BASELINES, *registered_methods())
+    unknown = [m for m in wanted if m not in known]
     if unknown or not wanted:
         raise ValueError(f"unknown method {', '.join(repr(m) for m in unknown) or repr('')}; "
-                         f"choose from {', '.join(BASELINES)}")
+                         f"choose from {', '.join(known)}")
     return wanted
 
 
@@ -154,19 +163,22 @@ def evaluate(
         raise ValueError("offline evaluation needs logs with a reference token")
     heads = dict(heads or {})
     alphas = check_alphas(alphas)
-    clash = [name for name in heads if name in BASELINES]
+    registered = registered_methods()
+    clash = [name for name in heads if name in BASELINES or name in registered]
     if clash:
-        raise ValueError(f"a head may not be named {clash[0]!r}: it would replace that baseline's rows; "
-                         f"name it NAME=PATH with a NAME not in {', '.join(BASELINES)}")
+        raise ValueError(f"a head may not be named {clash[0]!r}: it would replace that method's rows; "
+                         f"name it NAME=PATH with a NAME not in {', '.join((*BASELINES, *registered))}")
     explicit = methods is not None
     wanted = set(check_methods(methods)) if methods is not None else set(BASELINES)
+    # registered rules: the ones asked for by name (all of them, with their reasons, when one cannot run)
+    extra = [m for m in registered if m in wanted]
     vocab = int(vocab_size or 0)
     rows: list[dict[str, Any]] = []
     estimates = {name: head_estimates(h, summary) for name, h in heads.items()}
     token_grid = {round(float(a), 9): i for i, a in enumerate(log_alphas)}
     for alpha in alphas:
         alpha = float(alpha)
-        for method in CASCADE_BASELINES:
+        for method in (*CASCADE_BASELINES, *extra):
             if method in wanted:
                 o = cascade_outcome(cascade_decisions(method, summary, alpha), summary)
                 rows += [_row(method, "cascade", alpha, loss, o) for loss in losses]

@@ -22,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from specref import rules
 from specref.heads.features import candidate_set
 from specref.heads.targets import realized_losses
 
@@ -67,9 +70,14 @@ class Outcome:
 # ---- cascade rules -------------------------------------------------------------------------------------
 
 
-def _penalty(alpha: float, tv: Tensor) -> Tensor:
-    # Same guard as the rules: alpha = +-inf with TV = 0 must not give NaN.
-    return torch.where(tv > 0, alpha * tv, torch.zeros_like(tv))
+class _LoggedEstimates:
+    """A cascade head whose estimates were computed already (from the log's features, or the realized losses
+    for the oracle): lets :class:`specref.rules.LearnedRule` decide on logged positions."""
+
+    kind = "cascade"
+
+    def estimate(self, *args: Any) -> Tensor:
+        raise AssertionError("offline decisions pass the estimates through PositionStats")
 
 
 def cascade_decisions(
@@ -79,26 +87,34 @@ def cascade_decisions(
     estimates: Tensor | None = None,  # [N, 2] learned (loss_q, loss_p) estimates
     loss: str = "argmax",  # the oracle's loss
 ) -> Tensor:  # [N] bool
-    """Decisions of chow/diff/opt/learned/oracle/draft/specdecode, as specref.rules takes them."""
-    q_max, p_max, tv = summary["q_max"], summary["p_max"], summary["tv"]
-    if method == "chow":
-        return q_max < 1 - alpha
-    if method == "diff":
-        return q_max < p_max - alpha
-    if method == "opt":
-        return q_max < p_max - _penalty(alpha, tv)
-    if method == "learned":
-        if estimates is None:
+    """Decisions of a whole-position rule on logged positions: the rule's own
+    :meth:`~specref.rules.Rule.decide_position` on the logged ``q_max``, ``p_max`` and ``tv``.
+
+    ``method``: ``learned`` (with the head's ``estimates``), ``oracle`` (Lemma 4: the learned rule with the
+    realized losses as estimates) or any rule of :mod:`specref.rules` that decides from position statistics
+    (draft, specdecode, chow, diff, opt, and registered rules written that way). Fractional decisions are refused:
+    the argmax loss of a fractional mixture is not the mixture of the two models' losses.
+    """
+    if method in ("learned", "oracle"):
+        if method == "oracle":
+            estimates = realized_losses(summary, loss, "reference")
+        elif estimates is None:
             raise ValueError("the learned cascade rule needs the head's estimates")
-        return estimates[..., 0] > estimates[..., 1] + _penalty(alpha, tv)
-    if method == "oracle":
-        real = realized_losses(summary, loss, "reference")
-        return real[..., 0] > real[..., 1] + _penalty(alpha, tv)
-    if method == "draft":
-        return torch.zeros_like(q_max, dtype=torch.bool)
-    if method == "specdecode":
-        return torch.ones_like(q_max, dtype=torch.bool)
-    raise ValueError(f"unknown cascade method {method!r}")
+        rule: rules.Rule = rules.LearnedRule(_LoggedEstimates(), alpha=alpha)
+        return rule.decide_position(rules.PositionStats.of_log(summary, estimates=estimates))
+    rule = rules.get_swept(method, alpha)
+    if not rule.decides_from_position_stats():
+        raise ValueError(
+            f"rule {method!r} decides from the full distributions (token-level, or its own decide()); offline "
+            "evaluation reads logged position summaries, so only rules written as decide_position(stats) "
+            "(q_max, p_max, tv) can be evaluated offline"
+        )
+    defer = rule.decide_position(rules.PositionStats.of_log(summary))
+    if defer.dtype != torch.bool:
+        if not bool(((defer == 0) | (defer == 1)).all()):
+            raise ValueError(f"rule {method!r} gives fractional decisions; offline evaluation handles 0/1 decisions")
+        defer = defer == 1
+    return defer
 
 
 def cascade_outcome(defer: Tensor, summary: Mapping[str, Tensor]) -> Outcome:
@@ -224,8 +240,21 @@ def learned_token_decisions(
     valid: Tensor,  # [N, M]
     alpha: float,
 ) -> tuple[Tensor, Tensor]:
-    """(defer ``[N, M]``, tail_defer ``[N]``) of a token head; the tail scores 0, as the head does live."""
+    """(defer ``[N, M]``, tail_defer ``[N]``) of a token head; the tail scores 0, as the head does live.
+
+    The decision is :meth:`specref.rules.LearnedRule.decide_scores` over the candidates plus one column for
+    the tail (all its tokens score 0, so they are deferred together or not at all).
+    """
     s = torch.where(valid, candidate_scores, 0.0)
-    best = s.max(-1).values.clamp_min(0.0)
-    threshold = best - alpha
-    return s < threshold.unsqueeze(-1), threshold > 0
+    with_tail = torch.cat([s, torch.zeros_like(s[:, :1])], dim=-1)  # [N, M + 1]
+    defer = rules.LearnedRule(_TokenScores(), alpha=alpha).decide_scores(with_tail)
+    return defer[:, :-1], defer[:, -1]
+
+
+class _TokenScores:
+    """A token head whose scores were computed already (see :class:`_LoggedEstimates`)."""
+
+    kind = "token"
+
+    def estimate(self, *args: Any) -> Tensor:
+        raise AssertionError("offline decisions pass the scores to LearnedRule.decide_scores")

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from specref import rules
+from specref.dists import tv
 from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, TOKEN_RULES
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "sorted_top_k",
     "summarize",
     "tail_grid",
-    "token_rule_defer",
 ]
 
 
@@ -59,18 +60,6 @@ def sorted_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     values, ids = torch.sort(x, dim=-1, descending=True, stable=True)
     return ids[..., :k], values[..., :k]
-
-
-def token_rule_defer(rule: str, q: Tensor, p: Tensor, alpha: float) -> Tensor:
-    """Candidate deferral ``[..., V]`` bool of a baseline token rule; the same comparisons as specref.rules."""
-    p_max = p.max(dim=-1, keepdim=True).values
-    if rule == "token_v1":
-        return q < p_max - alpha
-    if rule == "token_v2":
-        return p < p_max - alpha
-    if rule == "token_v3":
-        return p < (1 - alpha) * p_max
-    raise ValueError(f"unknown token rule {rule!r}; choose one of {TOKEN_RULES}")
 
 
 def summarize(
@@ -162,11 +151,12 @@ def _token_rules_exact(
     fields: dict[str, list[Tensor]] = {}
     for rule in TOKEN_RULES:
         for alpha in alphas:
-            d = token_rule_defer(rule, q, p, float(alpha))
-            eta = torch.where(d, q64, 0.0).sum(-1)
+            r = rules.get_swept(rule, float(alpha))
+            d = r.decide(q, p, q, p)  # [..., V] bool, compared in the input dtype
+            eta = r.deferred_mass(d, q64)[..., 0]
             r_ref = d.gather(-1, ref.unsqueeze(-1)).squeeze(-1).double()
-            pi = torch.where(d, 0.0, q64) + p64 * eta.unsqueeze(-1)
-            rej = torch.where(d, (q64 - eta.unsqueeze(-1) * p64).clamp_min(0), 0.0).sum(-1)
+            pi = r.mix(d.double(), q64, p64)  # q (1 - r) + p eta
+            rej = tv(q64, pi)  # TV(pi, q) = sum_D max(0, q - eta p): GenSpecSample's rejection rate (Lemma 3)
             fields.setdefault(f"{rule}_eta", []).append(eta)
             fields.setdefault(f"{rule}_pi_ref", []).append(q_ref * (1 - r_ref) + p_ref * eta)
             fields.setdefault(f"{rule}_rej", []).append(rej)

@@ -29,6 +29,7 @@ where the curves bend on the zoo pairs; full grids are the ones the committed re
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "METHODS",
     "DEFAULT_METHODS",
     "ROBUSTNESS_METHODS",
+    "all_keys",
     "get_method",
     "canonical_options",
     "parse_alpha_overrides",
@@ -129,10 +131,23 @@ ROBUSTNESS_METHODS: tuple[str, ...] = ("target", "draft", "specdecode", "lossy",
 
 
 def get_method(key: str) -> MethodSpec:
-    try:
+    """The method ``key``: a built-in one of :data:`METHODS`, or a rule added with
+    :func:`specref.rules.register` (its sweep comes from the registration)."""
+    if key in METHODS:
         return METHODS[key]
-    except KeyError:
-        raise ValueError(f"unknown method {key!r}; choose from {', '.join(METHODS)}") from None
+    from specref import rules  # torch: only reached for a name that is not built in
+
+    grid = rules.sweep_grid(key) if isinstance(key, str) else None
+    if grid is None:
+        raise ValueError(f"unknown method {key!r}; choose from {', '.join(all_keys())}")
+    return MethodSpec(key, grid.label, grid.param, quick=grid.quick, full=grid.full)
+
+
+def all_keys() -> tuple[str, ...]:
+    """Every method key: the built-in ones, then the registered rules (when specref.rules is loaded)."""
+    rules = sys.modules.get("specref.rules")  # nothing registered a rule unless the module is loaded
+    extra = () if rules is None else tuple(n for n in rules.NAMES() if rules.sweep_grid(n) is not None)
+    return (*METHODS, *(k for k in extra if k not in METHODS))
 
 
 def order_key(key: str) -> int:
