@@ -741,8 +741,10 @@ def register(
 
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a rule name must be an identifier like 'my_rule', got {name!r}")
-    if name in _REGISTRY or name in METHODS or name == "oracle":
-        raise ValueError(f"a rule or method named {name!r} already exists")
+    if name in _REGISTRY:
+        raise ValueError(f"a rule named {name!r} is already registered")
+    if name in METHODS or name == "oracle":
+        raise ValueError(f"a method named {name!r} already exists (a sequential baseline or the offline oracle)")
     if not callable(factory):
         raise ValueError(f"rule factory for {name!r} must be callable, got {type(factory).__name__}")
     grid = tuple(float(a) for a in quick)

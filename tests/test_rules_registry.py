@@ -75,7 +75,7 @@ def test_unknown_before_registration_and_known_everywhere_after(unregistered):
 
 def test_registration_refuses_clashes_and_bad_names(gap):
     for name in ("gap", "chow", "bild", "seq_cascade", "target", "oracle"):
-        with pytest.raises(ValueError, match="already exists"):
+        with pytest.raises(ValueError, match="already (registered|exists)"):
             rules.register(name, gap.GapRule)
     with pytest.raises(ValueError, match="identifier"):
         rules.register("my rule", gap.GapRule)
@@ -217,7 +217,7 @@ def test_cli_generate_and_evaluate_with_a_plugin(unregistered, tmp_path, capsys)
     _one_line_error(capsys, [*base, "--plugin", "no_such_plugin_module"], "no_such_plugin_module")
     assert main([*base, "--plugin", PLUGIN]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["tokens"] and out["rule"].startswith("GapRule")
+    assert out["tokens"] and out["texts"]
 
     s, layout = synthetic_logs(6, positions=4, vocab=12, top_k=4, seed=1)
     logs = write_summary(tmp_path / "logs", s, layout)
