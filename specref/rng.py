@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["STREAM_ACCEPT", "STREAM_DRAFT", "STREAM_SAMPLE", "hash64", "keyed_uniform"]
+__all__ = ["STREAM_ACCEPT", "STREAM_DRAFT", "STREAM_SAMPLE", "hash64", "key_uniform", "keyed_uniform"]
 
 # One stream per purpose, so the draft draw, the accept coin and the residual draw at a position differ.
 STREAM_DRAFT = 1
@@ -52,9 +52,22 @@ def keyed_uniform(
     """
     seed = seed.to(torch.int64)
     counter = counter.to(torch.int64)
+    key = hash64(hash64(seed) + stream)  # [B] the row's key for this stream
+    return key_uniform(key.unsqueeze(-1), counter, dtype)
+
+
+def key_uniform(
+    key: Tensor,  # [...] int64 stream keys hash64(hash64(seed) + stream), broadcastable against counter
+    counter: Tensor,  # [...] int64 counters
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The last step of :func:`keyed_uniform`: uniforms of the broadcast shape of ``key`` and ``counter``.
+
+    Public so that a caller holding the keys already (the lean decoding round draws all of a round's
+    streams in one pass, :func:`specref.decode.rounds.round_uniforms`) gets exactly the same bits.
+    """
     # splitmix64's own construction: output i of the generator seeded with `key` is mix(key + i * golden).
-    key = hash64(hash64(seed) + stream)
-    h = hash64(key.unsqueeze(-1) + (counter + 1) * _GOLDEN)
+    h = hash64(key + (counter + 1) * _GOLDEN)
     if dtype == torch.float64:
         bits, scale = 53, 2.0**-53
     else:

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from specref.decode.adapters import ModelAdapter, check_prompts, shared_vocab_size
 from specref.decode.engines import check_static_models, get_engine
-from specref.decode.generation import _check_nonnegative, _eos, _seeds, default_eos_ids, resolve_generation
+from specref.decode.generation import check_nonnegative, default_eos_ids, eos_ids, resolve_generation, row_seeds
 from specref.decode.kvcache import available_bytes, kv_cache_bytes
 from specref.decode.session import KVSession
-from specref.decode.stats import DecodeStats, RoundRecord, Timer, _Counters
+from specref.decode.stats import Counters, DecodeStats, RoundRecord, Timer
 from specref.defaults import DEFAULT_ENGINE
 from specref.dists import probs_from_logits
 from specref.rng import keyed_uniform
@@ -52,8 +52,12 @@ class GenerateOutput:
 # ---- per-call context and per-row state ---------------------------------------------------------------
 
 
-class _Ctx:
-    """Everything one ``generate`` call needs, shared by the methods' loops."""
+class CallContext:
+    """Everything one ``generate`` call needs, shared by the methods' loops.
+
+    Public within the package because each method's loop (:mod:`specref.decode.decoder`,
+    :mod:`specref.decode.baselines`) and the round strategies (:mod:`specref.decode.rounds`) receive it;
+    it is built only by :meth:`BaseDecoder.generate`."""
 
     def __init__(
         self,
@@ -79,7 +83,7 @@ class _Ctx:
         self.on_round = on_round
         self.out = torch.full((self.batch, max_new + block + 1), PAD, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.counters = _Counters(self.batch, getattr(dec, "gamma", 0) or 0, self.device)
+        self.counters = Counters(self.batch, getattr(dec, "gamma", 0) or 0, self.device)
         self.draft_forwards = self.target_forwards = self.prefill_forwards = 0
         self.rounds = 0
         self.extra: dict[str, Tensor] = {}
@@ -117,8 +121,10 @@ class _Ctx:
         return n_out, finished
 
 
-def _nonfinite(logits: Tensor) -> Tensor:
-    """0-dim bool: some row's logits contain NaN / +inf or are all -inf."""
+def any_nonfinite(logits: Tensor) -> Tensor:
+    """0-dim bool: some row of ``logits`` ``[..., V]`` contains NaN / +inf or is all -inf.
+
+    Public because every method's loop checks its forwards with it before :func:`end_round` raises."""
     return ~torch.isfinite(logits.float().amax(dim=-1)).all()
 
 
@@ -226,7 +232,7 @@ class BaseDecoder:
 
             self.c, self.c_source = step_cost_ratio(draft, target), "params"
         else:
-            self.c, self.c_source = _check_nonnegative("cost ratio c", c), "given"
+            self.c, self.c_source = check_nonnegative("cost ratio c", c), "given"
         self.is_seq2seq = self.draft.is_seq2seq
         self.device = self.target.device
         if self.engine_spec.static_shapes and not self.supports_static:
@@ -334,9 +340,11 @@ class BaseDecoder:
         max_new = gen.max_new
         self._context_check(mask, ids, max_new)
         self._memory_check(ids, max_new)
-        seeds = _seeds(seed, ids.shape[0], self.device)
-        eos = _eos(self.default_eos_ids() if gen.eos is None else gen.eos, self.vocab, self.device)
-        ctx = _Ctx(self, ids, mask, max_new, gen.temperature, gen.top_k, gen.top_p, seeds, eos, on_round, self._block())
+        seeds = row_seeds(seed, ids.shape[0], self.device)
+        eos = eos_ids(self.default_eos_ids() if gen.eos is None else gen.eos, self.vocab, self.device)
+        ctx = CallContext(
+            self, ids, mask, max_new, gen.temperature, gen.top_k, gen.top_p, seeds, eos, on_round, self._block()
+        )
         if profiler is not None:
             profiler.bind(self.device)
             ctx.profiler = profiler
@@ -370,7 +378,7 @@ class BaseDecoder:
         )
         return GenerateOutput(seq, lengths, stats)
 
-    def _start(self, ad: ModelAdapter, ctx: _Ctx, ids: Tensor, mask: Tensor) -> tuple[KVSession, Tensor, Tensor]:
+    def _start(self, ad: ModelAdapter, ctx: CallContext, ids: Tensor, mask: Tensor) -> tuple[KVSession, Tensor, Tensor]:
         """Prefill ``ad`` on the prompts: ``(session, pending token [B], its position [B])``."""
         cap = self._capacity(ids.shape[1], ctx.max_new)
         session, pending, pos = ad.start(ids, mask, self.vocab, cap, engine=self.engine_spec, reserve=self._block())
@@ -379,5 +387,5 @@ class BaseDecoder:
             ctx.prefill_forwards += 1  # the encoder, or the prompt minus its last token
         return session, pending, pos
 
-    def _run(self, ctx: _Ctx) -> None:  # pragma: no cover - abstract
+    def _run(self, ctx: CallContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from specref import rules as rules_mod
-from specref.decode.base import BaseDecoder, _Ctx, _nonfinite, end_round
+from specref.decode.base import BaseDecoder, CallContext, any_nonfinite, end_round
 from specref.decode.stats import RoundRecord, entropy
 from specref.dists import sample_categorical
 from specref.rng import STREAM_DRAFT, STREAM_SAMPLE
@@ -55,7 +55,7 @@ def _check_prob(name: str, value: Any) -> float:
 
 
 def _autoregress(
-    ctx: _Ctx,
+    ctx: CallContext,
     session: Any,
     pend: Tensor,
     pos: Tensor,
@@ -77,7 +77,7 @@ def _autoregress(
             prof.round_begin()
         fo = session.forward(pend.unsqueeze(1), pos.unsqueeze(1))
         lg = fo.logits[:, -1]
-        bad = _nonfinite(lg)
+        bad = any_nonfinite(lg)
         raw, probs = ctx.probs(lg)
         x = sample_categorical(probs, ctx.uniform(seeds, gen.unsqueeze(1), stream)[:, 0])
         if logprob_buf is not None:
@@ -129,7 +129,7 @@ class SingleModelDecoder(BaseDecoder):
         self.uses_target = use == "target"
         super().__init__(draft, target, **kwargs)
 
-    def _run(self, ctx: _Ctx) -> None:
+    def _run(self, ctx: CallContext) -> None:
         ad = self.target if self.use == "target" else self.draft
         session, pend, pos = self._start(ad, ctx, ctx.input_ids, ctx.mask)
         rows = torch.arange(ctx.batch, device=ctx.device)
@@ -216,7 +216,7 @@ class SeqCascadeDecoder(BaseDecoder):
     def _stat_params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "threshold": self.threshold, "aggregate": self.aggregate}
 
-    def _run(self, ctx: _Ctx) -> None:
+    def _run(self, ctx: CallContext) -> None:
         dev = ctx.device
         lp = torch.zeros((ctx.batch, ctx.max_new), dtype=torch.float64, device=dev)
         session, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
@@ -255,7 +255,7 @@ class _SequentialCascade(BaseDecoder):
     def _block(self) -> int:
         return 1
 
-    def _run(self, ctx: _Ctx) -> None:
+    def _run(self, ctx: CallContext) -> None:
         dev = ctx.device
         draft, pend, base = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
         target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask)
@@ -273,7 +273,7 @@ class _SequentialCascade(BaseDecoder):
             fo = draft.forward(pend.unsqueeze(1), (base + gen).unsqueeze(1))
             ctx.draft_forwards += 1
             lg = fo.logits[:, -1]
-            bad = carried_bad | _nonfinite(lg)
+            bad = carried_bad | any_nonfinite(lg)
             q_rule, q = ctx.probs(lg)
             alive = ~finished
             fb = alive & (q_rule.amax(dim=-1) < self.fallback)

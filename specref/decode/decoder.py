@@ -37,14 +37,14 @@ from specref import rules as rules_mod
 from specref.decode import baselines
 from specref.decode.base import (
     BaseDecoder,
+    CallContext,
     GenerateOutput,
     NonFiniteLogitsError,
-    _Ctx,
-    _nonfinite,
+    any_nonfinite,
     end_round,
 )
 from specref.decode.fused import fused_kind, fused_verify
-from specref.decode.generation import _check_int
+from specref.decode.generation import check_int
 from specref.decode.rounds import round_plan
 from specref.decode.stats import RoundRecord, entropy
 from specref.defaults import DEFAULT_GAMMA, METHODS, RULE_METHODS
@@ -103,7 +103,7 @@ class SpecCascadeDecoder(BaseDecoder):
         rule_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.gamma = _check_int("gamma", gamma, 1)
+        self.gamma = check_int("gamma", gamma, 1)
         if bonus not in ("pi", "target"):
             raise ValueError(f"bonus must be 'pi' or 'target', got {bonus!r}")
         self.bonus = bonus
@@ -143,7 +143,7 @@ class SpecCascadeDecoder(BaseDecoder):
     def _block(self) -> int:
         return self.gamma + 1
 
-    def _run(self, ctx: _Ctx) -> None:
+    def _run(self, ctx: CallContext) -> None:
         """The speculative round loop of every engine; what differs per engine is the :class:`RoundPlan`
         (uniforms, non-finite checks, fused or reference verification, counters, cache summaries)."""
         g = self.gamma
@@ -217,7 +217,7 @@ class SpecCascadeDecoder(BaseDecoder):
     def _draft_block(
         self,
         draft: Any,
-        ctx: _Ctx,
+        ctx: CallContext,
         pend: Tensor,  # [B] the pending token (last emitted, not yet in the draft's cache)
         pos: Tensor,  # [B] its position
         u_draft: Tensor,  # [B, >= gamma] uniforms of the draft samples
@@ -238,7 +238,7 @@ class SpecCascadeDecoder(BaseDecoder):
             fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=self.wants_hidden)
             lg = fo.logits[:, -1]
             if check:
-                bad = _nonfinite(lg) if bad is None else bad | _nonfinite(lg)
+                bad = any_nonfinite(lg) if bad is None else bad | any_nonfinite(lg)
             qr, q = ctx.probs(lg)
             q_list.append(q)
             qr_list.append(qr)
@@ -256,7 +256,7 @@ class SpecCascadeDecoder(BaseDecoder):
 
     def _record(
         self,
-        ctx: _Ctx,
+        ctx: CallContext,
         row_ids: Tensor,
         gen: Tensor,
         drafts: Tensor,

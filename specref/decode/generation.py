@@ -17,7 +17,11 @@ from specref.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 # ---- argument checks --------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
+def check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low`` (an integral float counts), else a one-line ValueError naming ``name``.
+
+    Public because every decoder's constructor checks its integer options (``gamma``) the way ``generate``
+    checks its own, with the same message."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
@@ -25,8 +29,10 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _check_nonnegative(name: str, value: Any) -> float:
-    """``value`` as a finite float >= 0, else a one-line ValueError naming ``name``."""
+def check_nonnegative(name: str, value: Any) -> float:
+    """``value`` as a finite float >= 0, else a one-line ValueError naming ``name``.
+
+    Public because the decoders check the cost ratio ``c`` with the same rule and message as ``temperature``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -37,10 +43,10 @@ def _check_nonnegative(name: str, value: Any) -> float:
 
 
 def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int | None, float | None]:
-    t = _check_nonnegative("temperature", temperature)
+    t = check_nonnegative("temperature", temperature)
     if top_k is not None:
         # transformers' convention: top_k = 0 turns the filter off
-        top_k = _check_int("top_k", top_k, 0) or None
+        top_k = check_int("top_k", top_k, 0) or None
     if top_p is not None:
         try:
             top_p = float(top_p)
@@ -51,26 +57,30 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, in
     return t, top_k, top_p
 
 
-def _seeds(seed: Any, batch: int, device: torch.device) -> Tensor:
+def row_seeds(seed: Any, batch: int, device: torch.device) -> Tensor:
+    """The ``[B]`` long per-row seeds of a ``generate`` call: a list gives one per row, an int ``s`` gives
+    ``s, s + 1, ...``. Public because the decoders' shared call setup (:mod:`specref.decode.base`) builds them."""
     if isinstance(seed, Tensor):
         seed = seed.tolist()
     if isinstance(seed, (list, tuple)):
         if len(seed) != batch:
             raise ValueError(f"seed list has {len(seed)} entries for a batch of {batch} rows")
-        vals = [_check_int("seed", s, -(2**63)) for s in seed]
+        vals = [check_int("seed", s, -(2**63)) for s in seed]
     else:
-        base = _check_int("seed", seed, -(2**63))
+        base = check_int("seed", seed, -(2**63))
         vals = [base + i for i in range(batch)]
     return torch.tensor(vals, dtype=torch.long, device=device)
 
 
-def _eos(eos_token_id: Any, vocab: int, device: torch.device) -> Tensor:
+def eos_ids(eos_token_id: Any, vocab: int, device: torch.device) -> Tensor:
+    """The ``[E]`` long EOS token ids (``E`` may be 0), each checked against the shared vocabulary.
+    Public because the decoders' shared call setup (:mod:`specref.decode.base`) builds them."""
     if eos_token_id is None:
         ids: list[int] = []
     elif isinstance(eos_token_id, (list, tuple, set)):
-        ids = [_check_int("eos_token_id", e, 0) for e in eos_token_id]
+        ids = [check_int("eos_token_id", e, 0) for e in eos_token_id]
     else:
-        ids = [_check_int("eos_token_id", eos_token_id, 0)]
+        ids = [check_int("eos_token_id", eos_token_id, 0)]
     for e in ids:
         if e >= vocab:
             raise ValueError(f"eos_token_id {e} is outside the shared vocabulary of {vocab} tokens")
@@ -182,7 +192,7 @@ def resolve_generation(
             f"{fields['max_length']!r})"
         )
     if "max_length" in fields:
-        length = _check_int("max_length", fields["max_length"], 1)
+        length = check_int("max_length", fields["max_length"], 1)
         # transformers: causal max_length counts input_ids.shape[-1]; seq2seq, the decoder start token
         used = 1 if seq2seq else prompt_width
         what = "the decoder start token" if seq2seq else f"a prompt of width {prompt_width}"
@@ -190,7 +200,7 @@ def resolve_generation(
             raise ValueError(f"max_length={length} leaves no room for new tokens after {what}")
         max_new = length - used
     else:
-        max_new = _check_int("max_new_tokens", fields.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), 1)
+        max_new = check_int("max_new_tokens", fields.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), 1)
     do_sample = fields.get("do_sample")
     if do_sample is not None and not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True or False, got {do_sample!r}")

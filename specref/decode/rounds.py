@@ -6,7 +6,7 @@ same uniforms and emit the same tokens:
 
 * the reference round (``plain``): uniforms from :func:`specref.rng.keyed_uniform` stream by stream, a
   non-finite check after every forward, :func:`specref.verify.verify_block`, counters added into the
-  per-call :class:`~specref.decode.stats._Counters` every round, one cache summary per session;
+  per-call :class:`~specref.decode.stats.Counters` every round, one cache summary per session;
 * the lean round (``fast`` and the static engines): all of a round's uniforms in one pass
   (:func:`round_uniforms`, bit for bit the same values), one non-finite check per round on the stacked
   distributions, fused rule + verification (:mod:`specref.decode.fused`) when no ``on_round`` hook needs the
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from specref.decode.base import _Ctx, _nonfinite
-from specref.rng import _GOLDEN, STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, _srl, hash64, keyed_uniform
+from specref.decode.base import CallContext, any_nonfinite
+from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, hash64, key_uniform, keyed_uniform
 
 __all__ = ["RoundPlan", "round_plan", "round_uniforms", "stream_keys"]
 
@@ -44,8 +44,7 @@ def round_uniforms(keys: Tensor, start: Tensor, k: int) -> Tensor:
     all of a round's streams at once and with the per-row keys computed once per ``generate``.
     """
     counter = start.unsqueeze(1) + torch.arange(k, device=start.device)  # [B, k]
-    h = hash64(keys.unsqueeze(-1) + ((counter + 1) * _GOLDEN).unsqueeze(1))
-    return (_srl(h, 40).to(torch.float64) * 2.0**-24).to(torch.float32)
+    return key_uniform(keys.unsqueeze(-1), counter.unsqueeze(1))  # [B, S, 1] keys against [B, 1, k] counters
 
 
 # ---- uniforms: (draft [B, >= g], accept [B, g], sample [B, g + 1]) for a round starting at token gen ------
@@ -91,7 +90,7 @@ class _BatchedUniforms:
 class _DirectCounters:
     """Reference: every round adds into the call's counters at the live rows' ids."""
 
-    def __init__(self, ctx: _Ctx, gamma: int) -> None:
+    def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
         self.ar_g = torch.arange(gamma, device=ctx.device)
         #: per-live-row tensors that follow the live rows (none: the counters are indexed by row id)
@@ -121,7 +120,7 @@ class _LiveCounters:
     """Lean: one ``[B, 4 + 2g]`` long and one ``[B]`` float64 accumulator over the live rows, assigned back
     (so float sums keep their order) when rows leave and at the end."""
 
-    def __init__(self, ctx: _Ctx, gamma: int) -> None:
+    def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
         self.ar_col = torch.arange(gamma, device=ctx.device).unsqueeze(0)
         # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g]
@@ -184,10 +183,10 @@ class RoundPlan:
 
     @staticmethod
     def logits_nonfinite(logits: Tensor) -> Tensor:
-        return _nonfinite(logits)
+        return any_nonfinite(logits)
 
 
-def round_plan(lean: bool, ctx: _Ctx, gamma: int) -> RoundPlan:
+def round_plan(lean: bool, ctx: CallContext, gamma: int) -> RoundPlan:
     """The reference (``lean=False``) or lean round of one call."""
     if lean:
         return RoundPlan(_BatchedUniforms(gamma, ctx.device), _LiveCounters(ctx, gamma), False, True, True)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from specref.cost import modeled_relative_latency
 
-__all__ = ["DecodeStats", "RoundRecord", "Timer"]
+__all__ = ["Counters", "DecodeStats", "RoundRecord", "Timer"]
 
 
 @dataclass
@@ -115,8 +115,11 @@ class Timer:
         return self._t1 - self._t0
 
 
-class _Counters:
-    """Device-side per-row counters for the whole original batch."""
+class Counters:
+    """Device-side per-row counters for the whole original batch.
+
+    Public because the decoders' per-call context (:mod:`specref.decode.base`) owns one and the rounds add
+    into it; :meth:`DecodeStats.from_counters` reads it back at the end of the call."""
 
     def __init__(self, batch: int, gamma: int, device: torch.device) -> None:
         z = lambda *s: torch.zeros(s, dtype=torch.long, device=device)  # noqa: E731
@@ -189,7 +192,7 @@ class DecodeStats:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_counters(cls, method: str, gamma: int, c: float, cnt: _Counters, **batch: Any) -> DecodeStats:
+    def from_counters(cls, method: str, gamma: int, c: float, cnt: Counters, **batch: Any) -> DecodeStats:
         cpu = lambda t: t.detach().to("cpu")  # noqa: E731
         return cls(
             method=method,
