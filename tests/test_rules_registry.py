@@ -12,10 +12,12 @@ import sys
 import pytest
 import torch
 from hypothesis import given, settings
-from strategies import verify_blocks
+from hypothesis import strategies as st
+from strategies import pairs, verify_blocks
 from test_decode_exact import LEVEL, N, SEED, combined_gof, report, rule_refs
 
 from specref import plugins, rules
+from specref.dists import tv
 from specref.decode import all_methods, make_decoder
 from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
@@ -151,6 +153,43 @@ def test_fused_verification_is_bitwise_the_reference_verifier(block):
 # ---- offline evaluation: the decode-time decisions, from the logged summaries ---------------------------
 
 
+@settings(max_examples=300, deadline=None)
+@given(pairs(max_rows=4), st.sampled_from([0.0, 0.5, 0.8, 1.0, 2.0]), st.sampled_from([torch.float32, torch.float64]))
+def test_offline_evaluation_reads_the_decoders_decisions(qp, alpha, dtype):
+    """The registered rule's offline decisions (from the logged q_max, p_max, tv) are the decoder's decisions
+    on the full distributions, and the evaluation table's rates are the live rule's: mean defer and mean
+    TV(pi, q) (the rejection rate it prices, Lemma 3). Zeros, one-hots, ties and p = q come from ``pairs``."""
+    importlib.import_module(PLUGIN)  # idempotent: hypothesis examples share one registration
+    try:
+        q, p = (x.to(dtype) for x in qp)
+        live = rules.get("gap", alpha)(q, p)
+        s = summarize(q, p, top_k=2, reference=torch.zeros(q.shape[:-1], dtype=torch.long))
+        offline = cascade_decisions("gap", s, alpha)
+        assert torch.equal(offline, live.defer.bool())
+        row = next(r for r in evaluate(s, [alpha], methods=["gap"]) if r["loss"] == "argmax")
+        assert row["deferral_rate"] == pytest.approx(float(live.defer.double().mean()), abs=1e-12)
+        assert row["rejection_rate"] == pytest.approx(float(tv(live.pi, q).double().mean()), abs=1e-6)
+    finally:
+        _forget()
+
+
+def test_negative_control_offline_columns_read_wrongly_are_caught(gap):
+    """The equality above rejects an offline evaluation that reads the wrong column (p_max for q_max) or the
+    tempered pair's maxima: on random positions both disagree with the decoder somewhere."""
+    g = torch.Generator().manual_seed(SEED)
+    q = torch.softmax(2 * torch.randn(2000, 6, generator=g), -1)
+    p = torch.softmax(2 * torch.randn(2000, 6, generator=g), -1)
+    live = rules.get("gap", ALPHA)(q, p).defer.bool()
+    s = summarize(q, p, top_k=2, reference=torch.zeros(2000, dtype=torch.long))
+    assert torch.equal(cascade_decisions("gap", s, ALPHA), live)
+    wrong_column = cascade_decisions("gap", {**s, "q_max": s["p_max"]}, ALPHA)
+    hot = summarize(torch.softmax(q.log() / 0.5, -1), torch.softmax(p.log() / 0.5, -1), top_k=2,
+                    reference=torch.zeros(2000, dtype=torch.long))
+    tempered = cascade_decisions("gap", hot, ALPHA)
+    for wrong in (wrong_column, tempered):
+        assert int((wrong != live).sum()) > 20
+
+
 def test_offline_refuses_rules_that_need_the_full_distributions(unregistered):
     class PeakedTokens(rules.Rule):
         name, token_level, takes_alpha = "peaked", True, True
@@ -227,3 +266,27 @@ def test_cli_generate_and_evaluate_with_a_plugin(unregistered, tmp_path, capsys)
     with open(tmp_path / "eval" / "offline_eval.csv", newline="") as fh:
         methods = {r["method"] for r in csv.DictReader(fh)}
     assert methods == {"gap", "chow"}
+
+
+def test_cli_reproduce_and_torchrun_workers_with_a_plugin(unregistered, tmp_path, capsys):
+    """`specref reproduce --plugin` sweeps the registered grid; a torchrun worker (here the one-process
+    case of specref.repro.distributed) loads the plugin itself, as every rank is a new process."""
+    from specref.repro import distributed
+    from specref.repro.store import PointStore
+
+    base = ["--pair", "bible-en-es-t5", "--standin", "--max-examples", "2", "--max-new-tokens", "3",
+            "--methods", "specdecode,gap", "--no-progress", "--no-plot", "--device", "cpu"]
+    _one_line_error(capsys, ["reproduce", *base, "--out", str(tmp_path / "none")], "unknown method 'gap'", "--plugin")
+    for name, run in (("cli", lambda a: _main(["reproduce", *a])), ("worker", distributed.main)):
+        out = tmp_path / name
+        assert run([*base, "--plugin", PLUGIN, "--out", str(out)]) == 0
+        _forget()
+        points = next(out.glob("*/points.csv"))
+        got = sorted({(r["method"], float(r["alpha"])) for r in PointStore(points).read() if r["method"] == "gap"})
+        assert got == [("gap", 0.5), ("gap", 1.0)]
+
+
+def _main(argv):
+    from specref.cli import main
+
+    return main(argv)

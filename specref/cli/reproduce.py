@@ -17,6 +17,7 @@ from specref.cli._args import (
     add_cost_ratio,
     add_device,
     add_engine,
+    add_plugins,
     add_progress,
     int_tuple,
     nonneg_float,
@@ -45,13 +46,14 @@ def add_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> No
                    help=f"main setting, robustness sweeps (temperature, gamma, top-p), one factor, or all "
                         f"(default: {default_sweep})")
     g.add_argument("--methods", default=None,
-                   help="comma-separated method keys; target and draft are always included (default: the "
-                        "setup's list; every key: specref.repro.methods)")
+                   help="comma-separated method keys, or rules registered by a --plugin; target and draft are "
+                        "always included (default: the setup's list; every key: specref.repro.methods)")
     g.add_argument("--alphas", default=None,
                    help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8') "
                         "(default: each method's grid)")
     g.add_argument("--head", default=None, metavar="PATH",
                    help="trained deferral head: adds SpecCascade [Learned] (default: none)")
+    add_plugins(g)
     s = p.add_argument_group("decoding")
     s.add_argument("--temperature", type=nonneg_float, default=None,
                    help="main setting's temperature, 0 = greedy (default: the setup's, 1 for the zoo)")

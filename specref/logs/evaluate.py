@@ -62,7 +62,7 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     unknown = [m for m in wanted if m not in known]
     if unknown or not wanted:
         raise ValueError(f"unknown method {', '.join(repr(m) for m in unknown) or repr('')}; "
-                         f"choose from {', '.join(known)}")
+                         f"choose from {', '.join(known)} (or --plugin MODULE to register your own)")
     return wanted
 
 

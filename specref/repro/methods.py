@@ -139,7 +139,8 @@ def get_method(key: str) -> MethodSpec:
 
     grid = rules.sweep_grid(key) if isinstance(key, str) else None
     if grid is None:
-        raise ValueError(f"unknown method {key!r}; choose from {', '.join(all_keys())}")
+        raise ValueError(f"unknown method {key!r}; choose from {', '.join(all_keys())} "
+                         "(or --plugin MODULE to register your own)")
     return MethodSpec(key, grid.label, grid.param, quick=grid.quick, full=grid.full)
 
 
