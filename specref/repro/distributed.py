@@ -201,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
+    try:  # every rank registers the plugin rules before the setups name them
+        from specref import plugins
+
+        plugins.load(args.plugin)
+    except ImportError as err:
+        print(f"specref.repro.distributed (rank {rank}): error: {' '.join(str(err).split())}", file=sys.stderr)
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+        return 2
     try:
         device = resolve_device(args.device)
         if device == "cuda":
