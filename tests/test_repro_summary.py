@@ -166,6 +166,20 @@ def test_step_costs_explain_wall_clock_against_modeled():
     assert "verification call costs 2.00 target-only steps (modeled: 1)" in text
 
 
+def test_a_negative_verification_cost_is_reported_as_noise_not_as_a_number():
+    extra = {"cost_ratio": 0.25, "cost_ratio_source": "params", "cost_ratio_measured": 0.4,
+             "baseline_wall_s": 10.0, "baseline_target_calls": 100.0, "device": "cpu"}
+    rows = [_row(m, a, q, lat, se=1.0, **extra) for m, a, q, lat in
+            (("target", None, 20.0, 1.0), ("draft", None, 10.0, 0.25))]
+    # 250 draft steps at 0.04 s are 10 s, more than the row's 8 s: timing noise, not a negative cost
+    rows.append(_row("specdecode", None, 20.0, 1.0, se=1.0, wall_s=8.0, target_calls=50.0, draft_calls=250.0,
+                     **extra))
+    (s,) = summarize(rows)
+    assert math.isnan(s.costs.verify_measured) and s.costs.verify_in_noise
+    text = markdown_summaries({"latency_model": [s]})
+    assert "verification call's cost is below the timing noise" in text and "-0." not in text
+
+
 def test_summary_csv_records_the_rule_and_the_costs(tmp_path):
     (s,) = summarize(_curve(19.0))
     path = tmp_path / "summary.csv"

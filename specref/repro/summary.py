@@ -285,8 +285,11 @@ class StepCosts:
         c_measured: draft-only seconds per draft step over target-only seconds per target step (NaN: not
             measured in any row of the setting).
         verify_measured: SpecDecode's seconds per verification call beyond its draft steps, in target-only
-            steps (the modeled latency counts 1); NaN without a SpecDecode row and ``c_measured``.
+            steps (the modeled latency counts 1); NaN without a SpecDecode row and ``c_measured``, and NaN
+            with ``verify_in_noise`` when the estimate comes out negative.
         device: where the rows were decoded.
+        verify_in_noise: the measured draft steps alone take longer than SpecDecode's whole wall time, so the
+            verification cost is below the timing noise (tiny models, a busy machine) and is not reported.
     """
 
     c: float
@@ -294,13 +297,16 @@ class StepCosts:
     c_measured: float
     verify_measured: float
     device: str
+    verify_in_noise: bool = False
 
     def text(self) -> str:
         c_src = f" ({self.c_source})" if self.c_source else ""
         if not _finite(self.c_measured):
             return f"modeled c = {_g(self.c)}{c_src}; step costs not measured on {self.device or 'this machine'}"
         verify = (f", and a SpecDecode verification call costs {self.verify_measured:.2f} target-only steps "
-                  f"(modeled: 1)" if _finite(self.verify_measured) else "")
+                  f"(modeled: 1)" if _finite(self.verify_measured) else
+                  ", and a SpecDecode verification call's cost is below the timing noise (the measured draft "
+                  "steps alone exceed its wall time)" if self.verify_in_noise else "")
         return (f"measured on {self.device or 'this machine'}: a draft step costs {self.c_measured:.3f} target "
                 f"steps (modeled c = {_g(self.c)}{c_src}){verify}; wall-clock ratios follow the measured costs, "
                 "so where these exceed the modeled ones a modeled speed-up above 1 can be a wall-clock one below 1")
@@ -337,6 +343,8 @@ def step_costs(avg: Sequence[Mapping[str, Any]]) -> StepCosts:
         if _finite(t_target) and t_target > 0 and _finite(c_meas) and calls and _finite(calls):
             verify = (wall - draft_calls * c_meas * t_target) / calls / t_target
         break
+    if verify < 0:  # a negative cost is noise, never a measurement
+        return StepCosts(c, source, c_meas, math.nan, device, verify_in_noise=True)
     return StepCosts(c, source, c_meas, verify, device)
 
 
