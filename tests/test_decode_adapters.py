@@ -13,7 +13,6 @@ import transformers as tf
 
 from specref.decode import make_decoder
 from specref.decode.adapters import SUPPORTED_CAUSAL, SUPPORTED_SEQ2SEQ
-from specref.decode.kvcache import SlotTable
 
 V = 32
 PROMPTS = [[5, 9, 13, 2, 20, 21, 7], [3], [17, 18, 19, 20]]
@@ -122,20 +121,6 @@ def test_family_decodes_like_uncached_forwards(model_type, attn):
     assert out.token_lists() == [reference_greedy(target, p, MAX_NEW) for p in PROMPTS]
     if dec.target.contiguous:
         assert dec.target.is_seq2seq or dec.target.sliding
-
-
-def test_slot_table_compaction_right_aligns_live_slots():
-    t = SlotTable(3, torch.device("cpu"))
-    real = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]], dtype=torch.bool)
-    pos = (real.long().cumsum(1) - 1).clamp_min(0)
-    t.append(real, pos)
-    t.keep_last(2, torch.tensor([[1, 0], [0, 0], [1, 1]], dtype=torch.bool))
-    assert t.summary().tolist() == [3, 0, 2]  # max live 3; trailing junk per row 1, 2, 0
-    t.truncate(torch.tensor([2, 99, 99]), rows=torch.tensor([True, False, False]))
-    slots = t.compaction_plan(torch.tensor([2, 0]), 4)
-    assert t.valid.tolist() == [[False, False, True, True], [False, False, True, True]]
-    assert t.pos.tolist() == [[-1, -1, 0, 1], [-1, -1, 0, 1]]
-    assert slots[:, 2:].tolist() == [[3, 4], [1, 2]]
 
 
 def test_cache_argument_name_follows_the_installed_transformers():

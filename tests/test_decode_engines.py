@@ -1,13 +1,10 @@
-"""The engine table (specref.decode.engines) and the decoding wing's import layout."""
+"""The engine table (specref.decode.engines): its names, the static check, and the engine choices refused."""
 
 from __future__ import annotations
 
-import ast
-import pathlib
-
 import pytest
+from test_decode_fast import TokenHead
 
-import specref.decode
 from specref.decode import make_decoder
 from specref.decode.engines import ENGINE_TABLE, check_static_models, get_engine
 from specref.decode.testing import toy_pair
@@ -46,34 +43,18 @@ def test_the_static_check_is_one_message_for_decoders_and_sessions():
     check_static_models(ENGINE_TABLE["fast"], (dec.draft,))  # dynamic engines take any model
 
 
-def _imports(root: pathlib.Path) -> dict[str, set[str]]:
-    mods = {p.stem for p in root.glob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for m in mods:
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse((root / f"{m}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("specref.decode."):
-                deps.add(node.module.split(".")[2])
-            elif isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("specref.decode.")}
-        graph[m] = deps - {m}
-    return graph
+def test_engine_errors():
+    draft, target = toy_pair("llama")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        make_decoder(draft, target, "specdecode", engine="turbo")
+    with pytest.raises(ValueError, match="speculative and single-model"):
+        make_decoder(draft, target, "bild", alpha=0.3, engine="static")
+    t5d, t5t = toy_pair("t5")
+    with pytest.raises(ValueError, match="causal models"):
+        make_decoder(t5d, t5t, "specdecode", engine="graph")
 
+    class HiddenHead(TokenHead):
+        wants_hidden = True
 
-def test_no_import_circles_in_the_decoding_wing():
-    """Module-level and function-level imports alike: each module only imports modules below it."""
-    graph = _imports(pathlib.Path(specref.decode.__file__).parent)
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = 1
-        for d in sorted(graph.get(m, ())):
-            assert state.get(d) != 1, f"import circle: {' -> '.join([*path, d])}"
-            if d not in state:
-                visit(d, [*path, d])
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [m])
-    assert "decoder" not in graph["baselines"] and "adapters" not in graph["static"]
+    with pytest.raises(ValueError, match="hidden states"):
+        make_decoder(draft, target, "learned", alpha=0.1, head=HiddenHead(), engine="static")
