@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from specref.atomic import write_atomic
 from specref.heads.modules import Head, build_head
-from specref.logs.atomic import write_atomic
 
 __all__ = ["FORMAT", "VERSION", "HeadFormatError", "load", "save"]
 

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from specref import rules
+from specref.atomic import write_atomic
 from specref.heads.features import FeatureSpec, candidate_set, context_features, token_features
-from specref.logs.atomic import write_atomic
 from specref.logs.offline import (
     Outcome,
     cascade_decisions,

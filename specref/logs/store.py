@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from specref.logs.atomic import fsync_dir, write_atomic
+from specref.atomic import fsync_dir, write_atomic
 from specref.logs.schema import FORMAT, VERSION, Column, LogFormatError, LogLayout, check_names, columns
 
 __all__ = ["LogBusyError", "LogWriter", "Logs", "open_logs", "read_logs", "read_summary"]
@@ -61,7 +61,7 @@ def arrow_schema(layout: LogLayout) -> pa.Schema:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`specref.logs.atomic.write_atomic`: unique temp name in
+    """Write ``data`` to ``path`` atomically (:func:`specref.atomic.write_atomic`: unique temp name in
     the log folder, fsync, rename, fsync the folder)."""
     write_atomic(path, data, commit=lambda tmp, dst: _commit(tmp, dst))
 

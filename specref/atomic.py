@@ -1,10 +1,10 @@
 """Atomic file writes: a uniquely named temp file in the destination folder, fsync, rename, fsync the folder.
 
-Used for every file the logs, the heads and the offline evaluation write. The temp name is
-``.NAME.tmp-XXXXXXXX`` (random, created exclusively), so two writers never share a temp file; it lives next
-to the destination, so the rename never crosses a device and never writes outside the output folder; it is
-created with the ordinary permissions (``0o666`` less the umask), unlike ``tempfile.mkstemp``'s ``0o600``.
-Nothing here imports torch or pyarrow.
+Used for every file the logs, the heads and the offline evaluation write, so it stands below all three and
+imports nothing of the package (nor torch or pyarrow). The temp name is ``.NAME.tmp-XXXXXXXX`` (random,
+created exclusively), so two writers never share a temp file; it lives next to the destination, so the
+rename never crosses a device and never writes outside the output folder; it is created with the ordinary
+permissions (``0o666`` less the umask), unlike ``tempfile.mkstemp``'s ``0o600``.
 """
 
 from __future__ import annotations
