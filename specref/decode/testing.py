@@ -192,6 +192,9 @@ _PAIRS: dict[tuple[str, int], tuple[Any, Any]] = {}
 
 def toy_pair(family: str, seed: int = 0) -> tuple[Any, Any]:
     """The suite's (draft, target) for ``family`` (memoised per process)."""
+    if family not in TOY_SETTINGS:  # tiny_model builds more families than the suite has tuned settings for
+        raise ValueError(f"no toy settings for family {family!r}; choose from {', '.join(TOY_SETTINGS)} "
+                         f"(tiny_pair builds any of {', '.join(FAMILIES)})")
     key = (family, seed)
     if key not in _PAIRS:
         _PAIRS[key] = tiny_pair(family, seed=seed, vocab=8, **TOY_SETTINGS[family])
