@@ -6,7 +6,6 @@ stand-in configs and the CLI quick path with tiny random-init models.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
@@ -22,7 +21,7 @@ from specref import rules
 from specref.repro import methods as M
 from specref.repro.backend import DecodeOutput, DecodeRequest
 from specref.repro.runner import ROBUSTNESS, RunInfo, Setting, plan_points, run_points
-from specref.repro.store import COLUMNS, KEY_COLUMNS, CorruptStoreError, PointStore
+from specref.repro.store import COLUMNS, KEY_COLUMNS, PointStore
 from specref.repro.summary import CurvePoint, cost_to_match, frontier, quality_within, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,52 +171,6 @@ def test_plan_includes_references_dedups_and_overrides():
         M.parse_alpha_overrides("chow=x", ("chow",))
     assert Setting(top_p=1.0) == Setting(top_p=None)
     assert len(ROBUSTNESS["temperature"]) == 4 and {s.gamma for s in ROBUSTNESS["gamma"]} == {3, 5, 7}
-
-
-# ---- the CSV store: schema, resume, torn writes -----------------------------------------------------------
-
-
-def _full_row(**kw):
-    row = {c: None for c in COLUMNS if c != "row_crc32"}
-    row.update(_row("chow", 0.5, 12.5, 0.7))
-    row.update(kw)
-    return row
-
-
-def test_store_schema_roundtrip_and_dedup(tmp_path):
-    store = PointStore(tmp_path / "points.csv")
-    assert store.append(_full_row(tokens=7, cost_ratio_source="params"))
-    assert not store.append(_full_row(tokens=8))  # same key: skipped
-    assert store.append(_full_row(alpha=0.25))
-    rows = store.read()
-    assert len(rows) == 2 and rows[0]["tokens"] == 7 and rows[0]["alpha"] == 0.5 and rows[0]["top_p"] is None
-    assert math.isnan(rows[0]["acceptance_rate"]) and rows[0]["cost_ratio_source"] == "params"
-    with open(tmp_path / "points.csv", newline="") as handle:
-        header = next(csv.reader(handle))
-    assert tuple(header) == COLUMNS and header[-1] == "row_crc32"
-    assert set(KEY_COLUMNS) < set(COLUMNS)
-    with pytest.raises(ValueError, match="unknown columns"):
-        store.append({**_full_row(alpha=0.1), "bogus": 1})
-
-
-def test_store_drops_torn_last_line_and_refuses_damage(tmp_path):
-    path = tmp_path / "points.csv"
-    store = PointStore(path)
-    store.append(_full_row(alpha=0.1))
-    store.append(_full_row(alpha=0.2))
-    text = path.read_text()
-    path.write_text(text + text.splitlines()[-1][:25])  # an append cut short by an interruption
-    assert len(PointStore(path).read()) == 2
-    assert PointStore(path).append(_full_row(alpha=0.3))
-    assert [r["alpha"] for r in PointStore(path).read()] == [0.1, 0.2, 0.3]
-    lines = path.read_text().splitlines(keepends=True)
-    lines[1] = lines[1].replace("12.5", "13.5")  # a complete line whose checksum fails: real damage
-    path.write_text("".join(lines))
-    with pytest.raises(CorruptStoreError, match="line 2"):
-        PointStore(path).read()
-    path.write_text("a,b\n1,2\n")
-    with pytest.raises(CorruptStoreError, match="header"):
-        PointStore(path).read()
 
 
 # ---- sweeps with a fake backend ----------------------------------------------------------------------------

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 
 import pytest
 
 from specref.repro import methods as M
 from specref.repro.report import format_summaries, markdown_summaries, write_summary_csv
 from specref.repro.runner import bootstrap_se, paired_bootstrap_se
-from specref.repro.store import COLUMNS, LEGACY_LAYOUTS, PointStore, atomic_write
+from specref.repro.store import COLUMNS, LEGACY_LAYOUTS, PointStore
 from specref.repro.summary import MIN_BOOT_EXAMPLES, Z, summarize, target_noise
 
 
@@ -295,19 +294,3 @@ def test_old_layout_reads_with_noise_missing_and_upgrades_on_append(tmp_path):
 
     with pytest.raises(CorruptStoreError, match="line 2"):
         PointStore(path).read()
-
-
-def test_atomic_write_uses_unique_temporaries_and_leaves_none(tmp_path, monkeypatch):
-    target = tmp_path / "summary.md"
-    (tmp_path / "summary.md.tmp").write_text("someone else's temporary")
-    atomic_write(target, "one")
-    assert target.read_text() == "one" and (tmp_path / "summary.md.tmp").read_text() == "someone else's temporary"
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, "two")
-    assert target.read_text() == "one"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md", "summary.md.tmp"]
