@@ -1,23 +1,29 @@
-"""Log storage under misuse: a second writer while the first runs (two processes), outputs that are files,
-unique temp names, non-finite values, and a damaged shard that once aborted the process at exit."""
+"""Log storage (specref.logs.store): atomic sharded storage and its misuse.
+
+Round trip, resume, crash injection and corruption; a second writer while the first runs (two processes),
+outputs that are files, unique temp names, non-finite values, and a damaged shard that once aborted the
+process at exit."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from specref.logs import LogFormatError, LogWriter, open_logs, read_logs, store
+from specref.logs import LogFormatError, LogLayout, LogWriter, open_logs, read_logs, store
 from specref.logs.store import LogBusyError
 from specref.logs.synthetic import synthetic_logs, write_summary
 
@@ -231,3 +237,211 @@ def test_a_damaged_shard_is_a_clear_error_and_never_aborts_the_process(tmp_path)
         assert "shard-000001.parquet is not a readable Parquet file" in err
     assert time.monotonic() - start < 60
     assert not (tmp_path / "o").exists()
+
+
+# ---- round trip, resume after a crash, corruption --------------------------------------------------------------------
+
+
+def _synthetic(n_examples=12, seed=3):
+    return synthetic_logs(n_examples, positions=5, vocab=12, top_k=4, seed=seed, alphas=(0.0, 0.5))
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    s, layout = _synthetic()
+    write_summary(tmp_path / "logs", s, layout, examples_per_shard=5)
+    logs = open_logs(tmp_path / "logs")
+    assert logs.finished and logs.layout == layout and logs.num_rows == 60
+    back = logs.to_torch()
+    for name, value in s.items():
+        if name == "example_id":
+            assert back[name] == value
+        else:
+            assert torch.equal(back[name].to(value.dtype), value), name
+    manifest = json.loads((tmp_path / "logs" / "manifest.json").read_text())
+    assert [sh["examples"] for sh in manifest["shards"]] == [[[0, 5]], [[5, 10]], [[10, 12]]]
+    assert sum(sh["rows"] for sh in manifest["shards"]) == 60
+
+
+def test_writer_skips_completed_examples_and_refuses_other_jobs(tmp_path):
+    s, layout = _synthetic()
+    d = tmp_path / "logs"
+    with LogWriter(d, layout, source={"job": 1}, examples_per_shard=4) as w:
+        w.add_example(0, "a", _rows(s, 0))
+        w.add_example(1, "b", _rows(s, 1))
+    with LogWriter(d, layout, source={"job": 1}, examples_per_shard=4) as w:
+        assert w.pending(range(4)) == [2, 3]
+        with pytest.raises(ValueError, match="already logged"):
+            w.add_example(1, "b", _rows(s, 1))
+        with pytest.raises(LogBusyError, match="another process"):
+            LogWriter(d, layout, source={"job": 1})
+    with pytest.raises(ValueError, match="different job"):
+        LogWriter(d, layout, source={"job": 2})
+    other = LogLayout(top_k=3, vocab_size=12, tail_points=33)
+    with pytest.raises(ValueError, match="different job"):
+        LogWriter(d, other, source={"job": 1})
+    with pytest.raises(ValueError, match="missing column"):
+        with LogWriter(d, layout, source={"job": 1}) as w:
+            w.add_example(5, "x", {"position": np.zeros(2)})
+    assert open_logs(d).num_rows == 10
+
+
+def _rows(s, ex):
+    from specref.logs.schema import columns
+
+    sel = (s["example_index"] == ex).nonzero().squeeze(-1)
+    return {c.name: s[c.name][sel] for c in columns(_synthetic()[1]) if c.name not in ("example_index", "example_id")}
+
+
+# A writer job the crash tests run in a subprocess (numpy + pyarrow only, so it starts fast). ``MODE`` picks
+# where it SIGKILLs itself; "slow" is killed by the test from outside at an arbitrary point.
+_JOB = textwrap.dedent(
+    """
+    import os, signal, sys, tempfile, time
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from specref.logs import store
+    from specref.logs.schema import LogLayout
+
+    mode, out, data = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+    layout = LogLayout(top_k=4, vocab_size=12, tail_points=33, alphas=(0.0, 0.5))
+    names = [n for n in data.files if n != "example_index"]
+    calls = {{"shard": 0}}
+    real_commit, real_write = store._commit, store._write_file
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def commit(tmp, path):
+        is_shard = path.name.startswith("shard-")
+        calls["shard"] += is_shard
+        if mode == "before_rename" and is_shard and calls["shard"] == 2:
+            die()
+        if mode == "before_manifest" and not is_shard and calls["shard"] == 2:
+            die()
+        real_commit(tmp, path)
+        if mode == "after_rename" and is_shard and calls["shard"] == 2:
+            die()
+
+    def write(path, data):
+        if mode == "partial" and path.name.startswith("shard-") and calls["shard"] == 1:
+            fd, _ = tempfile.mkstemp(prefix=f".{{path.name}}.tmp-", dir=path.parent)
+            with open(fd, "wb") as h:
+                h.write(data[: len(data) // 2])
+                h.flush()
+                os.fsync(h.fileno())
+            die()
+        real_write(path, data)
+
+    store._commit, store._write_file = commit, write
+    with store.LogWriter(out, layout, source={{"job": "crash"}}, examples_per_shard=4) as w:
+        for ex in w.pending(range(12)):
+            sel = data["example_index"] == ex
+            w.add_example(ex, f"syn{{ex}}", {{n: data[n][sel] for n in names}})
+            if mode == "slow":
+                print(ex, flush=True)
+                time.sleep(0.05)
+        w.finish()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def job_rows(tmp_path_factory):
+    s, layout = _synthetic()
+    path = tmp_path_factory.mktemp("rows") / "rows.npz"
+    arrays = {name: v.numpy() for name, v in s.items() if name != "example_id"}
+    np.savez(path, **arrays)
+    return path
+
+
+def _resume(d):
+    s, layout = _synthetic()
+    with LogWriter(d, layout, source={"job": "crash"}, examples_per_shard=4) as w:
+        for ex in w.pending(range(12)):
+            w.add_example(ex, f"syn{ex}", _rows(s, ex))
+        w.finish()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clean") / "logs"
+    _resume(d)
+    return d
+
+
+@pytest.mark.parametrize("mode", ["before_rename", "after_rename", "before_manifest", "partial", "slow"])
+def test_killed_writer_resumes_without_lost_or_duplicated_rows(tmp_path, mode, uninterrupted, job_rows):
+    script = tmp_path / "job.py"
+    script.write_text(_JOB.format(root=str(ROOT)))
+    d = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, str(script), mode, str(d), str(job_rows)], stdout=subprocess.PIPE,
+                            text=True)
+    if mode == "slow":  # kill from outside at an arbitrary point after the first shard
+        for line in proc.stdout:
+            if int(line) >= 6:
+                break
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        partial = open_logs(d)  # a crashed job's logs stay readable: the listed shards only
+    assert not partial.finished and 0 < partial.num_rows < 60
+    _resume(d)
+    assert not [p for p in d.iterdir() if ".tmp-" in p.name]
+    got, want = read_logs(d), read_logs(uninterrupted)
+    for name in want:
+        assert (got[name] == want[name]) if name == "example_id" else torch.equal(got[name], want[name]), name
+    shards = lambda x: json.loads((x / "manifest.json").read_text())["shards"]  # noqa: E731
+    assert shards(d) == shards(uninterrupted)  # same shard files, byte for byte
+
+
+def _corrupt_copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_logs_are_clear_errors(tmp_path, uninterrupted):
+    first = "shard-000000.parquet"
+    d = _corrupt_copy(uninterrupted, tmp_path / "truncated")
+    data = (d / first).read_bytes()
+    (d / first).write_bytes(data[: len(data) - 100])
+    with pytest.raises(LogFormatError, match="truncated"):
+        open_logs(d)
+    d = _corrupt_copy(uninterrupted, tmp_path / "flipped")
+    blob = bytearray((d / first).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (d / first).write_bytes(bytes(blob))
+    with pytest.raises(LogFormatError, match="corrupt"):
+        open_logs(d)
+    d = _corrupt_copy(uninterrupted, tmp_path / "missing")
+    (d / first).unlink()
+    with pytest.raises(LogFormatError, match="missing"):
+        open_logs(d)
+    d = _corrupt_copy(uninterrupted, tmp_path / "manifest")
+    (d / "manifest.json").write_text('{"format": "specref-logs", "version": 1, "shards": [')
+    with pytest.raises(LogFormatError, match="not valid JSON"):
+        open_logs(d)
+    with pytest.raises(LogFormatError, match="no manifest"):
+        open_logs(tmp_path)
+    # A shard that checksums fine but disagrees with the manifest (rewritten by something else).
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for case in ("rows", "schema"):
+        d = _corrupt_copy(uninterrupted, tmp_path / case)
+        table = pq.read_table(d / first)
+        table = table.slice(0, 3) if case == "rows" else table.drop_columns(["tv"])
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        blob = sink.getvalue().to_pybytes()
+        (d / first).write_bytes(blob)
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["shards"][0].update(sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(LogFormatError, match="rows" if case == "rows" else "schema"):
+            open_logs(d)
