@@ -25,3 +25,13 @@ DEFAULT_GAMMA = 5
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_SEED = 0
+
+# What a position summary keeps (specref.position_summary) and so what a log stores (specref.logs.schema);
+# here because both read them and `specref log --help` shows them.
+DEFAULT_TOP_K = 32
+#: Number of eta grid points ``eta_j = j / (G - 1)`` at which the tail excess is stored.
+DEFAULT_TAIL_POINTS = 33
+#: Alpha grid on which the baseline token rules are evaluated exactly at log time.
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+#: The baseline token rules whose objective is logged exactly per alpha.
+TOKEN_RULES = ("token_v1", "token_v2", "token_v3")

@@ -23,7 +23,7 @@ from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 from specref.logs.evaluate import check_methods, evaluate
 from specref.logs.offline import cascade_decisions
-from specref.logs.summary import summarize
+from specref.position_summary import summarize
 from specref.repro.methods import get_method
 from specref.verify import BlockUniforms, verify_block
 

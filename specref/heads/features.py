@@ -1,6 +1,6 @@
 """Features of a position (cascade heads) and of each candidate token (token heads), from a summary.
 
-A *summary* is the dict that :func:`specref.logs.summary.summarize` returns, equally read back from logs or
+A *summary* is the dict that :func:`specref.position_summary.summarize` returns, equally read back from logs or
 computed from live distributions at decode time (:func:`live_summary`): both paths run the same code on
 float32 values, so a head sees identical features offline and online (tests hold this bit for bit).
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from specref.logs.summary import summarize
+from specref.position_summary import summarize
 
 __all__ = [
     "FeatureSpec",

@@ -1,8 +1,9 @@
 """Logged probabilities of a draft/target pair: schema, atomic sharded storage, logging, offline evaluation.
 
-See docs/logs.md for the schema. Submodules load on first use: :mod:`specref.logs.summary` (pure tensor
-math) needs only torch, so heads use it at decode time without pyarrow; the storage needs pyarrow and
-numpy but not torch.
+See docs/logs.md for the schema. Submodules load on first use: the per-position summary
+(:func:`summarize`, pure tensor math in :mod:`specref.position_summary`, below both the logs and the heads)
+needs only torch, so heads use it at decode time without pyarrow; the storage needs pyarrow and numpy but
+not torch.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "LogWriter": "store", "Logs": "store", "open_logs": "store", "read_logs": "store", "read_summary": "store",
-    "summarize": "summary",
+    "LogWriter": "specref.logs.store", "Logs": "specref.logs.store", "open_logs": "specref.logs.store",
+    "read_logs": "specref.logs.store", "read_summary": "specref.logs.store",
+    "summarize": "specref.position_summary",
 }
 
 
@@ -49,5 +51,5 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"specref.logs.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'specref.logs' has no attribute {name!r}")

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The summary's defaults are the schema's too; they live in specref.defaults so that the pure summary math
+# (specref.position_summary) reads them without importing the logs.
+from specref.defaults import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, TOKEN_RULES
+
 __all__ = [
     "DEFAULT_ALPHAS", "DEFAULT_TAIL_POINTS", "DEFAULT_TOP_K", "FORMAT", "TOKEN_RULES", "VERSION", "Column",
     "LogFormatError", "LogLayout", "columns",
@@ -18,13 +22,6 @@ __all__ = [
 
 FORMAT = "specref-logs"
 VERSION = 1
-DEFAULT_TOP_K = 32
-#: Number of eta grid points ``eta_j = j / (G - 1)`` at which the tail excess is stored.
-DEFAULT_TAIL_POINTS = 33
-#: Alpha grid on which the baseline token rules are evaluated exactly at log time.
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
-#: The baseline token rules whose objective is logged exactly per alpha.
-TOKEN_RULES = ("token_v1", "token_v2", "token_v3")
 
 
 class LogFormatError(ValueError):

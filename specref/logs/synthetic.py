@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from specref.logs.schema import LogLayout
-from specref.logs.summary import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, summarize
+from specref.position_summary import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, summarize
 
 __all__ = ["SCENARIOS", "expected_losses", "synthetic_logs", "write_summary"]
 

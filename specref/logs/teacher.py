@@ -1,6 +1,6 @@
 """Logging a draft/target pair: teacher-forced over task references, or on-policy through the decoder.
 
-Model plumbing only; the per-position math is :func:`specref.logs.summary.summarize`.
+Model plumbing only; the per-position math is :func:`specref.position_summary.summarize`.
 
 * :func:`log_teacher_forced`: feed each example's reference completion to both models in one batched
   forward each (causal LMs: ``prompt + completion``; seq2seq: encoder ``prompt``, decoder
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from specref.logs.schema import LogLayout
-from specref.logs.summary import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, summarize
+from specref.position_summary import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, summarize
 from specref.rules import Rule
 
 __all__ = ["LogExample", "RecordingRule", "encode_examples", "log_on_policy", "log_teacher_forced", "pair_vocab"]

@@ -4,6 +4,7 @@ One function, :func:`summarize`, turns the untempered pair ``(q, p)`` ``[..., V]
 quantities that the logs store (docs/logs.md) and that deferral heads read. The logger calls it on
 teacher-forced distributions and a head calls it on the live distributions at decode time, so features
 computed from logs and from live distributions go through the same code: identical by construction.
+Both :mod:`specref.logs` and :mod:`specref.heads` import it, so it stands below both and imports neither.
 
 Sums over the vocabulary run in float64 (tail masses of 1e-6 matter); every float output is then rounded
 to float32, the dtype stored in the logs, so the live path sees exactly the values a log would hold.
@@ -27,8 +28,8 @@ import torch
 from torch import Tensor
 
 from specref import rules
+from specref.defaults import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, TOKEN_RULES
 from specref.dists import tv
-from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, TOKEN_RULES
 
 __all__ = [
     "DEFAULT_ALPHAS",
