@@ -38,15 +38,15 @@ def _same(a: object, b: object) -> bool:
 def test_two_process_sweep_equals_single_process(tmp_path):
     import argparse
 
-    from specref.cli.reproduce import add_arguments, repro_config
-    from specref.repro.reproduce import reproduce
+    from specref.options import add_reproduce_arguments
+    from specref.repro.reproduce import config_from_args, reproduce
     from specref.repro.setups import select_setups
 
     p = argparse.ArgumentParser()
-    add_arguments(p)
+    add_reproduce_arguments(p)
     args = p.parse_args([*ARGS, "--out", str(tmp_path / "single")])
     setup = select_setups(args.task, args.pair, args.config, args.standin)[0]
-    single = reproduce(setup, tmp_path / "single", repro_config(args), device="cpu")
+    single = reproduce(setup, tmp_path / "single", config_from_args(args), device="cpu")
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

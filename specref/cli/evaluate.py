@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specref.cli._args import add_plugins, float_tuple
+from specref.options import add_plugins, float_tuple
 
 #: The baseline names (kept here so ``--help`` needs no torch; a test checks they equal the library's).
 BASELINES = ("draft", "specdecode", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "oracle")

@@ -19,7 +19,15 @@ import math
 import sys
 from typing import Any
 
-from specref.cli._args import (
+from specref.defaults import (
+    DEFAULT_GAMMA,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    METHODS,
+    RULE_METHODS,
+)
+from specref.options import (
     add_cost_ratio,
     add_device,
     add_dtype,
@@ -31,14 +39,6 @@ from specref.cli._args import (
     positive_int,
     probability,
     top_p,
-)
-from specref.defaults import (
-    DEFAULT_GAMMA,
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_SEED,
-    DEFAULT_TEMPERATURE,
-    METHODS,
-    RULE_METHODS,
 )
 
 __all__ = ["register", "run"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from specref.cli._args import (
+from specref.defaults import DEFAULT_GAMMA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, RULE_METHODS
+from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K
+from specref.options import (
     add_device,
     add_dtype,
     add_plugins,
@@ -25,8 +27,6 @@ from specref.cli._args import (
     out_dir,
     positive_int,
 )
-from specref.defaults import DEFAULT_GAMMA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE, RULE_METHODS
-from specref.logs.schema import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K
 
 _SPLITS = ("train", "validation", "test")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from specref.cli.reproduce import add_arguments, run
+from specref.cli.reproduce import run
+from specref.options import add_reproduce_arguments
 
 DESCRIPTION = "robustness sweeps (temperature, gamma, top-p) of the cost-quality curves"
 
@@ -19,5 +20,5 @@ DESCRIPTION = "robustness sweeps (temperature, gamma, top-p) of the cost-quality
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sweep", help=DESCRIPTION, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, default_sweep="robustness")
+    add_reproduce_arguments(p, default_sweep="robustness")
     p.set_defaults(func=run)

@@ -191,13 +191,14 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    # the options are `specref reproduce`'s, defined once by the command line (which imports nothing of this module)
-    from specref.cli.reproduce import add_arguments, repro_config
+    # the options are `specref reproduce`'s, defined once below both this module and the command line
     from specref.loading import load_head, resolve_device
+    from specref.options import add_reproduce_arguments
+    from specref.repro.reproduce import config_from_args
     from specref.repro.setups import check_built, select_setups
 
     p = argparse.ArgumentParser(prog="torchrun -m specref.repro.distributed", description=__doc__.splitlines()[0])
-    add_arguments(p)
+    add_reproduce_arguments(p)
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
     dist, rank, world, local_rank = _dist()
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None or device == "cpu":
         torch.set_num_threads(args.threads or 1)
     try:
-        cfg = repro_config(args)
+        cfg = config_from_args(args)
         if rank != 0:
             cfg.progress = False
         head = load_head(args.head) if args.head is not None else None

@@ -20,6 +20,7 @@ folder from its ``points.csv`` and ``run.json`` without decoding (``python -m sp
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -35,8 +36,8 @@ from specref.repro.store import KEY_COLUMNS, PointStore, atomic_write, format_va
 from specref.repro.summary import COST_AXES, Summary, summarize
 
 __all__ = [
-    "QUICK", "FULL", "ReproConfig", "ReproResult", "config_from_text", "reproduce", "resolve_settings",
-    "select_examples", "sweep_plan",
+    "QUICK", "FULL", "ReproConfig", "ReproResult", "config_from_args", "config_from_text", "reproduce",
+    "resolve_settings", "select_examples", "sweep_plan",
 ]
 
 #: Quick mode (the default): sized so ``specref reproduce`` on the zoo translation pair finishes within
@@ -94,6 +95,18 @@ def config_from_text(methods: str | None = None, alphas: str | None = None, **se
     # without methods an alpha may name a default method, the head's (learned) or ensemble
     parsed = parse_alpha_overrides(alphas, keys or DEFAULT_METHODS + ("learned", "ensemble"))
     return ReproConfig(methods=keys, alphas=parsed, **settings)
+
+
+def config_from_args(args: argparse.Namespace) -> ReproConfig:
+    """The :class:`ReproConfig` that the options of :func:`specref.options.add_reproduce_arguments` ask for
+    (``specref reproduce``, ``specref sweep`` and the torchrun workers parse the same options)."""
+    return config_from_text(
+        args.methods, args.alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
+        gamma=args.gamma, top_p=args.top_p, seeds=args.seed, split=args.split, max_examples=args.max_examples,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cost_ratio=args.cost_ratio,
+        axis=args.axis, tol=args.match_tol, interpolate=not args.no_interpolate,
+        progress=not args.no_progress, plots=not args.no_plot,
+    )
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Argument types and the flags shared by the subcommands: one name, one default, one help text each.
 
 Nothing here imports torch or transformers: ``specref CMD --help`` must answer at once. Every flag's help
-ends with its default, so a user can predict a command without reading its code.
+ends with its default, so a user can predict a command without reading its code. It stands below both the
+command line (:mod:`specref.cli`) and the torchrun workers of :mod:`specref.repro.distributed`, which parse
+``specref reproduce``'s options themselves, and imports neither.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "add_engine",
     "add_plugins",
     "add_progress",
+    "add_reproduce_arguments",
     "float_tuple",
     "fraction",
     "int_tuple",
@@ -170,6 +173,73 @@ def add_plugins(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 
 def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+
+
+# ---- the options of `specref reproduce` -----------------------------------------------------------------
+
+
+def add_reproduce_arguments(p: argparse.ArgumentParser, default_sweep: str = "main") -> None:
+    """The options of ``specref reproduce``, shared by ``specref sweep`` and the torchrun workers
+    (:mod:`specref.repro.distributed`); :func:`specref.repro.reproduce.config_from_args` reads them."""
+    g = p.add_argument_group("what to run")
+    g.add_argument("--task", default=None,
+                   help="zoo task: translation (default), summarization, reasoning, or 'all' (every zoo pair)")
+    g.add_argument("--pair", default=None, help="zoo pair (default: the task's pair)")
+    g.add_argument("--config", default=None, metavar="YAML",
+                   help="a paper setup from configs/paper/*.yaml instead of a zoo pair (default: the zoo pair)")
+    g.add_argument("--standin", action="store_true",
+                   help="replace the models by tiny random-init ones (pipeline check; numbers are meaningless)")
+    g.add_argument("--full", action="store_true",
+                   help="whole test split, full alpha grids, 3 seeds (default: quick mode, a subset)")
+    g.add_argument("--sweep", default=default_sweep,
+                   choices=("main", "robustness", "temperature", "gamma", "top_p", "all"),
+                   help=f"main setting, robustness sweeps (temperature, gamma, top-p), one factor, or all "
+                        f"(default: {default_sweep})")
+    g.add_argument("--methods", default=None,
+                   help="comma-separated method keys, or rules registered by a --plugin; target and draft are "
+                        "always included (default: the setup's list; every key: specref.repro.methods)")
+    g.add_argument("--alphas", default=None,
+                   help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8') "
+                        "(default: each method's grid)")
+    g.add_argument("--head", default=None, metavar="PATH",
+                   help="trained deferral head: adds SpecCascade [Learned] (default: none)")
+    add_plugins(g)
+    s = p.add_argument_group("decoding")
+    s.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="main setting's temperature, 0 = greedy (default: the setup's, 1 for the zoo)")
+    s.add_argument("--gamma", type=positive_int, default=None,
+                   help="main setting's block size (default: the setup's, 5 for the zoo)")
+    s.add_argument("--top-p", type=top_p, default=None, help="main setting's top-p (default: none)")
+    s.add_argument("--seed", type=int_tuple, default=None, metavar="N[,N...]",
+                   help="trial seed(s), averaged in the summary (default 0; --full: 0,1,2)")
+    s.add_argument("--max-examples", type=positive_int, default=None,
+                   help="test examples, evenly spaced over the split (default: the mode's, all with --full)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="new tokens per example (default: the task's)")
+    s.add_argument("--batch-size", type=positive_int, default=None,
+                   help="examples per decoder call (default: 16 quick; --full: 32 on a CPU, 256 on a GPU)")
+    s.add_argument("--split", default=None, choices=("train", "validation", "test"),
+                   help="data split (default: test)")
+    add_device(s)
+    add_engine(s)
+    s.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default on cpu: 1 - the zoo models are too small to gain from more, "
+                        "and extra threads contend badly on a busy machine)")
+    c = p.add_argument_group("cost and summary")
+    add_cost_ratio(c, "the pair card's, else the per-step parameter ratio")
+    c.add_argument("--axis", default=None,
+                   choices=("latency_model", "latency_wall", "target_calls_per_token", "rejection_rate"),
+                   help="cost axis the summary table leads with (default: latency_model, deterministic)")
+    c.add_argument("--match-tol", type=nonneg_float, default=None,
+                   help="a method 'matches' the target at quality >= target - TOL, replacing the noise band "
+                        "(default: the target's noise band, 2 standard errors; see specref.repro.summary)")
+    c.add_argument("--no-interpolate", action="store_true",
+                   help="Table 2 from measured points only (default: interpolate between frontier points)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=out_dir, default=Path("specref-out"),
+                   help="output folder, created if missing (default: ./specref-out)")
+    add_progress(o)
+    o.add_argument("--no-plot", action="store_true", help="skip the PNG plots (default: drawn)")
 
 
 #: Shared defaults a subcommand's help text quotes (the values live in specref.defaults).
