@@ -39,6 +39,8 @@ __all__ = [
     "RuleOutput",
     "SweepGrid",
     "alpha_regime",
+    "check_real",
+    "confidence_below",
     "cost_penalty",
     "get",
     "get_swept",
@@ -394,14 +396,20 @@ def _at_drafts(drafts: Tensor, q: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Te
     return d_idx, q[:, :g].gather(-1, d_idx).squeeze(-1), p[:, :g].gather(-1, d_idx).squeeze(-1)
 
 
-def _check_alpha(alpha: float, name: str) -> float:
+def check_real(what: str, value: Any) -> float:
+    """``value`` as a float; a ValueError naming ``what`` when it is not a number or is NaN (a NaN
+    threshold makes every comparison false: a rule that silently never defers)."""
     try:
-        a = float(alpha)
+        v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"alpha for rule {name!r} must be a number, got {alpha!r}") from None
-    if math.isnan(a):
-        raise ValueError(f"alpha for rule {name!r} is NaN")
-    return a
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if math.isnan(v):
+        raise ValueError(f"{what} is NaN")
+    return v
+
+
+def _check_alpha(alpha: float, name: str) -> float:
+    return check_real(f"alpha for rule {name!r}", alpha)
 
 
 def _as_float(x: Any) -> float:
@@ -547,7 +555,16 @@ class ChowRule(Rule):
     takes_alpha = True
 
     def decide_position(self, stats):
-        return stats.q_max < 1 - self.alpha
+        return confidence_below(stats.q_max, 1 - self.alpha)
+
+
+def confidence_below(
+    q_max: Tensor,  # [...] the draft's max probability (untempered)
+    threshold: float | Tensor,
+) -> Tensor:  # [...] bool
+    """Chow's test ``max q < threshold``, written once: :class:`ChowRule` at ``1 - alpha``, the sequential
+    TokenCascade and BiLD (:mod:`specref.decode.baselines`) at their fallback threshold."""
+    return q_max < threshold
 
 
 class DiffRule(Rule):

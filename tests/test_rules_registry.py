@@ -14,13 +14,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import pairs, verify_blocks
-from test_decode_exact import LEVEL, N, SEED, combined_gof, report, rule_refs
+from test_decode_exact import LEVEL, SEED, N, combined_gof, report, rule_refs
 
 from specref import plugins, rules
-from specref.dists import tv
 from specref.decode import all_methods, make_decoder
 from specref.decode.fused import fused_kind, fused_verify
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
+from specref.dists import tv
 from specref.logs.evaluate import check_methods, evaluate
 from specref.logs.offline import cascade_decisions
 from specref.position_summary import summarize

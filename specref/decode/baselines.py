@@ -44,16 +44,6 @@ SEQ_AGGREGATES = ("mean", "sum", "quantile")
 EPOCH = 1 << 32
 
 
-def _check_prob(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if math.isnan(v):
-        raise ValueError(f"{name} is NaN")
-    return v
-
-
 def _autoregress(
     ctx: CallContext,
     session: Any,
@@ -182,7 +172,7 @@ class SeqCascadeDecoder(BaseDecoder):
     ) -> None:
         if aggregate not in SEQ_AGGREGATES:
             raise ValueError(f"aggregate must be one of {SEQ_AGGREGATES}, got {aggregate!r}")
-        q = _check_prob("quantile", quantile)
+        q = rules_mod.check_real("quantile", quantile)
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile must be in [0, 1], got {quantile!r}")
         if threshold is not None and alpha is not None:
@@ -190,13 +180,13 @@ class SeqCascadeDecoder(BaseDecoder):
         if threshold is None and alpha is None:
             raise rules_mod.missing_alpha_error(self.method)
         if threshold is None:
-            a = _check_prob("alpha", alpha)
+            a = rules_mod.check_real("alpha", alpha)
             if not (a < 1.0):
                 raise ValueError(f"seq_cascade alpha must be < 1 (threshold log(1 - alpha)), got {alpha!r}")
             threshold = math.log1p(-a) if a > -math.inf else math.inf
             rules_mod.warn_degenerate_alpha(self.method, a)
             alpha = a
-        self.threshold = _check_prob("threshold", threshold)
+        self.threshold = rules_mod.check_real("threshold", threshold)
         if alpha is None and self.threshold > 0:
             # every aggregate of log-probabilities is <= 0
             warnings.warn(
@@ -246,8 +236,8 @@ class _SequentialCascade(BaseDecoder):
     target first rolls back to the first unchecked draft token whose target NLL exceeds ``rollback``."""
 
     def __init__(self, draft: Any, target: Any, fallback: float, rollback: float, **kwargs: Any) -> None:
-        self.fallback = _check_prob("fallback threshold", fallback)
-        self.rollback = _check_prob("rollback threshold", rollback)
+        self.fallback = rules_mod.check_real("fallback threshold", fallback)
+        self.rollback = rules_mod.check_real("rollback threshold", rollback)
         if self.rollback < 0:
             raise ValueError(f"rollback threshold must be >= 0 (nats), got {rollback!r}")
         super().__init__(draft, target, **kwargs)
@@ -276,7 +266,7 @@ class _SequentialCascade(BaseDecoder):
             bad = carried_bad | any_nonfinite(lg)
             q_rule, q = ctx.probs(lg)
             alive = ~finished
-            fb = alive & (q_rule.amax(dim=-1) < self.fallback)
+            fb = alive & rules_mod.confidence_below(q_rule.amax(dim=-1), self.fallback)
             small = alive & ~fb
             x = sample_categorical(q, ctx.uniform(seeds, (gen + epoch * EPOCH).unsqueeze(1), STREAM_DRAFT)[:, 0])
             n_out, fin = ctx.emit(row_ids, gen, x.unsqueeze(1), small.long())
@@ -373,7 +363,7 @@ class TokenCascadeDecoder(_SequentialCascade):
     def __init__(self, draft: Any, target: Any, alpha: float | None = None, **kwargs: Any) -> None:
         if alpha is None:
             raise rules_mod.missing_alpha_error(self.method)
-        self.alpha = _check_prob("alpha", alpha)
+        self.alpha = rules_mod.check_real("alpha", alpha)
         rules_mod.warn_degenerate_alpha(self.method, self.alpha)
         super().__init__(draft, target, fallback=1.0 - self.alpha, rollback=math.inf, **kwargs)
 
@@ -408,7 +398,7 @@ class BiLDDecoder(_SequentialCascade):
         if fallback is None and alpha is None:
             raise rules_mod.missing_alpha_error(self.method)
         if fallback is None:
-            alpha = _check_prob("alpha", alpha)
+            alpha = rules_mod.check_real("alpha", alpha)
             fallback = 1.0 - alpha
         self.alpha = alpha
         super().__init__(draft, target, fallback=fallback, rollback=rollback, **kwargs)
