@@ -463,3 +463,24 @@ def test_every_grid_point_builds_a_decoder(full):
         for options in spec.options or ({},):
             for alpha in spec.grid(full):
                 make_decoder(draft, target, key, alpha=alpha, **options)
+
+
+def test_resuming_with_another_head_is_refused(tmp_path):
+    """Points are keyed by method and alpha, not by head: a folder holding one head's learned rows refuses a
+    run with another head (it would keep the old rows as this head's), and resumes with the same head."""
+    from pathlib import Path
+
+    from specref import heads
+    from specref.repro.reproduce import ReproConfig, reproduce
+    from specref.repro.setups import zoo_setup
+
+    shipped = Path(__file__).resolve().parents[1] / "results" / "learned" / "bible-en-es-t5" / "heads"
+    setup = zoo_setup("bible-en-es-t5", standin=True)
+    cfg = ReproConfig(methods=("learned",), alphas={"learned": (0.0,)}, max_examples=2, max_new_tokens=3,
+                      progress=False, plots=False)
+    first = heads.load(shipped / "cascade_argmax")
+    reproduce(setup, tmp_path, cfg, head=first)
+    again = reproduce(setup, tmp_path, cfg, head=heads.load(shipped / "cascade_argmax"))
+    assert again.report.decoded == 0  # same head: everything resumed
+    with pytest.raises(ValueError, match="learned rows of another head"):
+        reproduce(setup, tmp_path, cfg, head=heads.load(shipped / "cascade_sampled"))

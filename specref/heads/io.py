@@ -136,6 +136,8 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     if scale is not None and bool((scale == 0).any()):
         raise HeadFormatError(f"weights in {w_path}: scaler.scale has zeros (the standardiser would divide by 0)")
     head.load_state_dict(state, strict=True)
+    # which weights these are: a sweep that resumes must not mix rows of two heads under one method name
+    head.weights_sha256 = expected_sha
     return head.to(map_location).eval()
 
 

@@ -224,6 +224,7 @@ def reproduce(
         backend = HFBackend.from_setup(setup, device=device, head=head)
     elif head is not None:
         backend.head = head  # a given backend decodes the learned rule with this head from now on
+    head_sha = _check_same_head(out_dir, head if head is not None else getattr(backend, "head", None))
     c, c_source = backend.cost_ratio()
     if cfg.cost_ratio is not None:
         c, c_source = float(cfg.cost_ratio), "given"
@@ -235,7 +236,7 @@ def reproduce(
     atomic_write(out_dir / "run.json", json.dumps({
         "setup": setup.name, "pair": setup.pair, "task": setup.task.name, "device": backend.device,
         "cost_ratio": c, "cost_ratio_source": c_source, "n_examples": len(examples),
-        "example_ids": [str(e.id) for e in examples], "points": len(points),
+        "example_ids": [str(e.id) for e in examples], "points": len(points), "head_sha256": head_sha,
         "config": {**asdict(cfg), **{k: v for k, v in r.items()}},
     }, indent=1, default=str) + "\n")
     store = PointStore(out_dir / "points.csv")
@@ -247,6 +248,24 @@ def reproduce(
         out_dir, rows, parts, main, r["axis"], cfg.tol, cfg.interpolate, cfg.plots,
         f"{setup.task.name} / {setup.pair}")
     return ReproResult(out_dir, rows, summaries, report, files, table, claims)
+
+
+def _check_same_head(out_dir: Path, head: Any) -> str | None:
+    """The head's weights sha256 (None without a head, or for one not loaded from a folder). A folder whose
+    ``run.json`` recorded another head while its ``points.csv`` holds learned rows is refused: the rows'
+    key has no head in it, so resuming would keep the old head's rows as if this head had decoded them."""
+    sha = getattr(head, "weights_sha256", None) if head is not None else None
+    meta, points = out_dir / "run.json", out_dir / "points.csv"
+    if sha is None or not meta.is_file() or not points.is_file():
+        return sha
+    try:
+        before = json.loads(meta.read_text()).get("head_sha256")
+    except (OSError, ValueError, AttributeError):
+        return sha  # an unreadable run.json is rewritten below; the store checks its own rows
+    if before and before != sha and any(r["method"] == "learned" for r in PointStore(points).read()):
+        raise ValueError(f"{points} holds learned rows of another head (weights sha256 {before[:12]}, this head's "
+                         f"{sha[:12]}); use another --out, or remove those rows")
+    return sha
 
 
 def _inside(out_dir: Path, out: Path) -> Path:
