@@ -161,7 +161,7 @@ def markdown(R: dict[str, Any], batch_sizes: list[int]) -> str:
             lines.append(f"not measured: {dp.get('skipped') or dp.get('error') or dp.get('runs')}")
     tg = R.get("targets", {})
     if tg:
-        lines += ["", "## Issue 7 targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+        lines += ["", "## Performance targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
         for k, v in tg.items():
             val = v.get("ratio", v.get("value"))
             lines.append(f"| {k} | {val:.3f} | {v.get('target', '')} | {v.get('met', '')} |")

@@ -109,14 +109,20 @@ def top_p(text: str) -> float | None:
     return value
 
 
-def float_tuple(text: str) -> tuple[float, ...]:
-    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``, with an argparse error naming the bad text."""
+def _numbers(text: str, cast: type, what: str) -> tuple:
+    """Comma-separated ``cast`` values, with an argparse error naming the bad text."""
     try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(cast(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
     if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected at least one {what}, got {text!r}")
+    return values
+
+
+def float_tuple(text: str) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``; NaN and inf are refused."""
+    values = _numbers(text, float, "number")
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return values
@@ -124,13 +130,7 @@ def float_tuple(text: str) -> tuple[float, ...]:
 
 def int_tuple(text: str) -> tuple[int, ...]:
     """``"0,1,2"`` -> ``(0, 1, 2)``."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    return values
+    return _numbers(text, int, "integer")
 
 
 def out_dir(text: str) -> Path:

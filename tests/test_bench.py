@@ -65,7 +65,7 @@ def test_smoke_run_measures_every_section(smoke):
     assert set(R["targets"]) >= {"specdecode_vs_target_only_b1", "specdecode_vs_hf_assisted_b1",
                                  "target_forward_x_floor_1b_b1", "dp_2gpu_speedup"}
     for heading in ("Decoding throughput", "outside the model forwards", "bandwidth floor", "Data-parallel",
-                    "Issue 7 targets"):
+                    "Performance targets"):
         assert heading in md
 
 
