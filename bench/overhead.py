@@ -6,6 +6,7 @@ RoundProfiler` (``perf_counter`` on a CPU, CUDA events on a GPU). Prints one lin
 
     python bench/overhead.py                           # CPU, batch 32, vocab 64 and 8192
     python bench/overhead.py --device cuda --engines plain,fast,static,graph
+    python bench/overhead.py --methods opt,learned --head results/learned/bible-en-es-t5/head   # a head's cost
 """
 
 from __future__ import annotations
@@ -83,11 +84,18 @@ def count_ops(engine: str, method: str, alpha: float | None, vocab: int, batch: 
             "ops_forward_per_round": oc.counts["forward"] / oc.rounds}
 
 
+#: the knob each method runs at (None: it has none); learned and OPT at the same alpha, so a head's own cost
+#: is the difference between their rows
+ALPHAS = {"token_v3": 0.3, "token_v1": 0.1, "token_v2": 0.3, "chow": 0.5, "diff": 0.0, "opt": 0.0, "learned": 0.0,
+          "lossy": 0.5}
+
+
 def measure(engine: str, method: str, alpha: float | None, vocab: int, batch: int, gamma: int, max_new: int,
-            device: str, repeats: int) -> dict:
+            device: str, repeats: int, head=None) -> dict:
     draft = tiny_model("llama", vocab=vocab, hidden=32, layers=1, heads=2, seed=1, context=512).to(device)
     target = tiny_model("llama", vocab=vocab, hidden=32, layers=1, heads=2, seed=2, context=512).to(device)
-    dec = make_decoder(draft, target, method, alpha=alpha, gamma=gamma, engine=engine)
+    options = {"head": head.to(device)} if method == "learned" else {}
+    dec = make_decoder(draft, target, method, alpha=alpha, gamma=gamma, engine=engine, **options)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, 16), generator=g).to(device)
     dec.generate(ids, max_new_tokens=8, seed=0)  # warm-up
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--head", default=None, metavar="PATH",
+                    help="deferral head for the method 'learned' (features of probabilities only: any vocabulary)")
     ap.add_argument("--count-ops", action="store_true",
                     help="count tensor ops per round (inside / outside forwards) instead of timing")
     args = ap.parse_args(argv)
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count_ops:
         print(f"{'engine':<10}{'method':<12}{'vocab':>7}{'ops outside/round':>19}{'ops in forwards/round':>23}")
         for method in args.methods.split(","):
-            alpha = 0.3 if method == "token_v3" else None
+            alpha = ALPHAS.get(method)
             for engine in args.engines.split(","):
                 r = count_ops(engine, method, alpha, 64, args.batch, args.gamma, 32)
                 rows.append(r)
@@ -139,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['ops_forward_per_round']:>23.1f}", flush=True)
         _dump(args.json, rows)
         return 0
+    head = None
+    if "learned" in args.methods.split(","):
+        if args.head is None:
+            print("overhead.py: error: --methods learned needs --head PATH", file=sys.stderr)
+            return 2
+        from specref.heads import load
+
+        head = load(args.head)
     print(f"{'engine':<10}{'method':<12}{'vocab':>7}{'round us':>11}{'outside us':>12}{'outside %':>11}")
     for vocab in [int(v) for v in args.vocabs.split(",")]:
         for method in args.methods.split(","):
-            alpha = 0.3 if method == "token_v3" else None
+            alpha = ALPHAS.get(method)
             for engine in args.engines.split(","):
                 r = measure(engine, method, alpha, vocab, args.batch, args.gamma, args.max_new_tokens, args.device,
-                            args.repeats)
+                            args.repeats, head)
                 rows.append(r)
                 print(f"{engine:<10}{method:<12}{vocab:>7}{r['round_us']:>11.0f}{r['outside_us_per_round']:>12.0f}"
                       f"{100 * r['outside_share']:>10.1f}%", flush=True)

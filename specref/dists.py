@@ -21,6 +21,7 @@ __all__ = [
     "one_hot_argmax",
     "probs_from_logits",
     "sample_categorical",
+    "stable_top_k",
     "temper",
     "top_k_filter",
     "top_p_filter",
@@ -120,6 +121,28 @@ def _check_temperature(temperature: float) -> float:
     return t
 
 
+def stable_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of ``x`` ``[..., V]`` (finite values): ids ``[..., k]`` long and values
+    ``[..., k]``, descending, ties to the lower token index.
+
+    Exactly the first ``k`` of ``torch.sort(x, descending=True, stable=True)``, so ``ids[..., 0]`` is
+    torch.argmax's answer and nothing depends on a device's top-k tie order, but in O(V) work: a full stable
+    sort over a large vocabulary is what made a learned head's features cost ten times the rest of a round.
+    """
+    v = x.shape[-1]
+    k = min(int(k), v)
+    kth = torch.topk(x, k, dim=-1).values[..., k - 1:]  # [..., 1] the k-th largest value; ties do not move it
+    above = x > kth
+    tied = x == kth
+    room = k - above.sum(dim=-1, keepdim=True)  # how many boundary ties fit: the lowest-index ones
+    chosen = above | (tied & (torch.cumsum(tied, dim=-1) <= room))  # exactly k per row
+    index = torch.arange(v, device=x.device).expand(x.shape)
+    ids = torch.topk(torch.where(chosen, index, v), k, dim=-1, largest=False).values  # ascending index
+    values = x.gather(-1, ids)
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices  # k entries: cheap
+    return ids.gather(-1, order), values.gather(-1, order)
+
+
 def top_k_filter(probs: Tensor, k: int | None) -> Tensor:
     """Keep the ``k`` most likely tokens of ``probs`` ``[..., V]`` and renormalise.
 
@@ -132,8 +155,8 @@ def top_k_filter(probs: Tensor, k: int | None) -> Tensor:
         raise ValueError(f"top_k must be a positive integer or None, got {k!r}")
     if k >= probs.shape[-1]:
         return probs
-    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
-    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order[..., : int(k)], True)
+    ids, _ = stable_top_k(probs, int(k))
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, ids, True)
     return normalize(torch.where(keep, probs, torch.zeros_like(probs)))
 
 

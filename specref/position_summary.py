@@ -29,7 +29,7 @@ from torch import Tensor
 
 from specref import rules
 from specref.defaults import DEFAULT_ALPHAS, DEFAULT_TAIL_POINTS, DEFAULT_TOP_K, TOKEN_RULES
-from specref.dists import tv
+from specref.dists import stable_top_k, tv
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -59,8 +59,7 @@ def sorted_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Descending; ties go to the lower token index (a stable sort), so ``ids[..., 0]`` is torch.argmax's
     answer and the result never depends on the device's top-k kernel.
     """
-    values, ids = torch.sort(x, dim=-1, descending=True, stable=True)
-    return ids[..., :k], values[..., :k]
+    return stable_top_k(x, k)
 
 
 def summarize(
@@ -70,11 +69,14 @@ def summarize(
     reference: Tensor | None = None,  # [...] long reference (truth) token, or None
     tail_points: int | None = DEFAULT_TAIL_POINTS,
     alphas: Sequence[float] | None = None,
+    head_fields_only: bool = False,
 ) -> dict[str, Tensor]:
     """Fixed-size summary of each position; keys are the log column names (docs/logs.md).
 
     ``tail_points=None`` skips the tail excess and ``alphas=None`` the exact token-rule fields, which a
-    head at decode time does not need. ``top_k`` is capped at ``V``.
+    head at decode time does not need; ``head_fields_only`` also skips the tail masses and the inner products
+    (every field a head's features read is still computed, by the same operations). ``top_k`` is capped
+    at ``V``.
     Returns float32 tensors for probabilities and long tensors for token ids.
     """
     if q.shape != p.shape:
@@ -98,21 +100,22 @@ def summarize(
     out["q_entropy"] = -(q64 * torch.log(q64.clamp_min(_TINY))).sum(-1)
     out["p_entropy"] = -(p64 * torch.log(p64.clamp_min(_TINY))).sum(-1)
     out["tv"] = (p64 - q64).clamp_min(0).sum(-1)
-    # Inner products give the expected losses when the target itself is taken as the truth (on-policy logs).
-    out["qp_dot"] = (q64 * p64).sum(-1)
-    out["p_sqnorm"] = (p64 * p64).sum(-1)
+    if not head_fields_only:
+        # Inner products give the expected losses when the target itself is taken as the truth (on-policy logs).
+        out["qp_dot"] = (q64 * p64).sum(-1)
+        out["p_sqnorm"] = (p64 * p64).sum(-1)
 
-    # Tail: every token outside the union of both top-k sets.
-    in_union = torch.zeros(q.shape, dtype=torch.bool, device=q.device)
-    in_union.scatter_(-1, q_ids, True).scatter_(-1, p_ids, True)
-    q_tail64 = torch.where(in_union, 0.0, q64)
-    p_tail64 = torch.where(in_union, 0.0, p64)
-    out["q_tail"], out["p_tail"] = q_tail64.sum(-1), p_tail64.sum(-1)
-    if tail_points is not None:
-        grid = tail_grid(tail_points, device=q.device)
-        out["tail_excess"] = torch.stack(
-            [(q_tail64 - float(eta) * p_tail64).clamp_min(0).sum(-1) for eta in grid], dim=-1
-        )
+        # Tail: every token outside the union of both top-k sets.
+        in_union = torch.zeros(q.shape, dtype=torch.bool, device=q.device)
+        in_union.scatter_(-1, q_ids, True).scatter_(-1, p_ids, True)
+        q_tail64 = torch.where(in_union, 0.0, q64)
+        p_tail64 = torch.where(in_union, 0.0, p64)
+        out["q_tail"], out["p_tail"] = q_tail64.sum(-1), p_tail64.sum(-1)
+        if tail_points is not None:
+            grid = tail_grid(tail_points, device=q.device)
+            out["tail_excess"] = torch.stack(
+                [(q_tail64 - float(eta) * p_tail64).clamp_min(0).sum(-1) for eta in grid], dim=-1
+            )
 
     if reference is not None:
         ref = reference.long()

@@ -16,6 +16,7 @@ from specref.dists import (
     one_hot_argmax,
     probs_from_logits,
     sample_categorical,
+    stable_top_k,
     temper,
     top_k_filter,
     top_p_filter,
@@ -115,6 +116,31 @@ def test_top_k_keeps_the_k_largest_lowest_index_on_ties(p, k):
     expected = torch.tensor([float(p[i]) if i in keep else 0.0 for i in range(vocab)], dtype=DTYPE)
     torch.testing.assert_close(out, expected / expected.sum(), atol=TOL, rtol=0)
     assert int((out > 0).sum()) == min(k, int((p > 0).sum()))
+
+
+@given(st.integers(1, 4).flatmap(lambda rows: vocab_sizes.flatmap(lambda v: dist_batches(v, rows))),
+       st.integers(1, 9), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_stable_top_k_is_the_stable_sorts_prefix(x, k, dtype):
+    """Ids and values are exactly the first k of the documented order (descending, ties to the lower index),
+    which is torch's stable sort: zeros, one-hots, many-way ties (dyadic, and bf16 rounding) included."""
+    x = x.to(dtype)
+    ids, values = stable_top_k(x, k)
+    kk = min(k, x.shape[-1])
+    for row in range(x.shape[0]):
+        assert ids[row].tolist() == _stable_order(x[row].double())[:kk]
+    assert torch.equal(values, x.gather(-1, ids))
+    ref_values, ref_ids = torch.sort(x, dim=-1, descending=True, stable=True)
+    assert torch.equal(ids, ref_ids[..., :kk]) and torch.equal(values, ref_values[..., :kk])
+
+
+def test_stable_top_k_negative_control_an_unstable_tie_order_is_caught():
+    """A top-k that breaks ties towards the higher index (what a device kernel may do) fails the same check."""
+    x = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.0, 0.25, 0.25]], dtype=torch.float64)
+    ids, _ = stable_top_k(x, 2)
+    assert ids.tolist() == [[0, 1], [0, 2]]
+    wrong = torch.sort(x.flip(-1), dim=-1, descending=True, stable=True).indices[..., :2]
+    wrong = x.shape[-1] - 1 - wrong  # ties towards the higher index
+    assert wrong.tolist() != [_stable_order(r)[:2] for r in x]
 
 
 def test_top_k_tie_at_boundary_is_deterministic():

@@ -116,7 +116,7 @@ def live_summary(spec: FeatureSpec, q_rule: Tensor, p_rule: Tensor) -> dict[str,
     """The summary fields a head needs, from live untempered distributions ``[..., V]``."""
     if q_rule.shape[-1] < spec.top_k:
         raise ValueError(f"vocabulary of size {q_rule.shape[-1]} is smaller than the head's top_k {spec.top_k}")
-    return summarize(q_rule, p_rule, top_k=spec.top_k, tail_points=None)
+    return summarize(q_rule, p_rule, top_k=spec.top_k, tail_points=None, head_fields_only=True)
 
 
 def _log(x: Tensor) -> Tensor:
