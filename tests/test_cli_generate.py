@@ -86,6 +86,16 @@ def test_engines_agree(capsys):
     assert plain["tokens"] == fast["tokens"] and fast["stats"]["engine"] == "fast"
 
 
+def test_adaptive_gamma_policy_is_reported_and_refused_where_it_cannot_apply(capsys):
+    args = ["--pair", "arith-llama", "--prompt", "Ann has 3 apples.", "--max-new-tokens", "10", "--gamma", "4"]
+    out, _ = run_json(capsys, *args, "--gamma-policy", "adaptive", "--cost-ratio", "0.1")
+    rounds = out["stats"]["gamma_rounds"]
+    assert rounds and all(1 <= int(g) <= 4 for g in rounds) and out["stats"]["gamma_policy"].startswith("Adaptive")
+    assert "gamma_rounds" not in run_json(capsys, *args)[0]["stats"]
+    assert "--gamma-policy only applies" in run_error(capsys, *args, "--rule", "target", "--gamma-policy", "adaptive")
+    assert "captures one block size" in run_error(capsys, *args, "--gamma-policy", "adaptive", "--engine", "static")
+
+
 def test_cost_ratio_and_its_hidden_alias(capsys):
     args = ["--pair", "arith-llama", "--prompt", "Ann has 3 apples.", "--max-new-tokens", "4"]
     default, _ = run_json(capsys, *args)

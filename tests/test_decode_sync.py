@@ -46,6 +46,8 @@ def count_syncs(monkeypatch):
         ("llama", "token_cascade", 0.3, {}),
         ("t5", "bild", None, {"fallback": 0.5, "rollback": 1.0}),
         ("llama", "seq_cascade", 0.5, {}),
+        ("llama", "specdecode", None, {"gamma_policy": "adaptive", "c": 0.3}),  # the policy reads the same sync
+        ("t5", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "fast", "c": 0.05}),
     ],
 )
 def test_one_host_sync_per_round(count_syncs, family, method, alpha, opts):

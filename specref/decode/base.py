@@ -86,6 +86,8 @@ class CallContext:
         self.counters = Counters(self.batch, getattr(dec, "gamma", 0) or 0, self.device)
         self.draft_forwards = self.target_forwards = self.prefill_forwards = 0
         self.rounds = 0
+        #: rounds per block size, when a block-size policy picks them (empty otherwise)
+        self.gamma_rounds: dict[int, int] = {}
         self.extra: dict[str, Tensor] = {}
         self.prompt_len = mask.sum(dim=1)
         #: optional :class:`~specref.decode.profile.RoundProfiler`
@@ -373,6 +375,7 @@ class BaseDecoder:
             target_forwards=ctx.target_forwards,
             prefill_forwards=ctx.prefill_forwards,
             num_rounds=ctx.rounds,
+            gamma_rounds=dict(sorted(ctx.gamma_rounds.items())),
             wall_time_s=timer.seconds(),
             extra={k2: v.detach().to("cpu") for k2, v in ctx.extra.items()},
         )

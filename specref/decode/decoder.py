@@ -44,6 +44,7 @@ from specref.decode.base import (
     end_round,
 )
 from specref.decode.fused import fused_kind, fused_verify
+from specref.decode.gamma_policy import AdaptiveGamma
 from specref.decode.generation import check_int
 from specref.decode.rounds import round_plan
 from specref.decode.stats import RoundRecord, entropy
@@ -101,9 +102,16 @@ class SpecCascadeDecoder(BaseDecoder):
         bonus: str = "pi",
         alpha: float | None = None,
         rule_options: dict[str, Any] | None = None,
+        gamma_policy: AdaptiveGamma | str | None = None,
         **kwargs: Any,
     ) -> None:
         self.gamma = check_int("gamma", gamma, 1)
+        if gamma_policy == "adaptive":
+            gamma_policy = AdaptiveGamma()
+        if gamma_policy is not None and not isinstance(gamma_policy, AdaptiveGamma):
+            raise ValueError(f"gamma_policy must be None, 'adaptive' or an AdaptiveGamma, got {gamma_policy!r}")
+        #: picks each round's block size in 1..gamma (None: every round drafts gamma)
+        self.gamma_policy = gamma_policy
         if bonus not in ("pi", "target"):
             raise ValueError(f"bonus must be 'pi' or 'target', got {bonus!r}")
         self.bonus = bonus
@@ -125,6 +133,9 @@ class SpecCascadeDecoder(BaseDecoder):
         if self.wants_hidden and self.engine_spec.static_shapes:
             raise ValueError(f"engine {self.engine!r} does not return hidden states, which this head needs: use 'fast'")
         self._fused_kind = fused_kind(self.rule)
+        if gamma_policy is not None and self.engine_spec.static_shapes:
+            raise ValueError(f"engine {self.engine!r} captures one block size; gamma_policy needs engine 'plain' or "
+                             "'fast'")
 
     def __repr__(self) -> str:
         return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
@@ -135,6 +146,8 @@ class SpecCascadeDecoder(BaseDecoder):
 
     def _stat_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"alpha": self.alpha}
+        if self.gamma_policy is not None:
+            out["gamma_policy"] = repr(self.gamma_policy)
         for name in ("weight", "beta"):  # ensemble's weight, lossy's beta
             if hasattr(self.rule, name):
                 out[name] = getattr(self.rule, name)
@@ -150,22 +163,29 @@ class SpecCascadeDecoder(BaseDecoder):
         dev = ctx.device
         prof = ctx.profiler
         plan = round_plan(self.engine_spec.lean_round, ctx, g)
+        policy = self.gamma_policy
+        accepted_so_far = verified_so_far = 0  # the policy's running acceptance, read in the round's sync
         draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
         target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask)
         row_ids = torch.arange(ctx.batch, device=dev)
         gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
         keys = plan.uniforms.keys(ctx.seeds)
-        ar_g1 = torch.arange(g + 1, device=dev)
+        ar_max = torch.arange(self.gamma + 1, device=dev)
+        ar_g1 = ar_max
         counters = plan.counters
         fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
         hidden = self.wants_hidden
         while True:
             if prof is not None:
                 prof.round_begin()
-            # 1. draft gamma + 1 steps
-            u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen)
+            if policy is not None:  # this round's block size, from what earlier rounds did
+                g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far)
+                ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
+                ar_g1 = ar_max[: g + 1]
+            # 1. draft g + 1 steps
+            u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
             drafts, q, q_rule, d_hidden, bad = self._draft_block(
-                draft, ctx, pend, pos, u_draft, check=plan.check_each_forward
+                draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g
             )
             # 2. one target call on the pending token and the drafts
             block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
@@ -194,7 +214,7 @@ class SpecCascadeDecoder(BaseDecoder):
             draft.keep_last(g + 1, keep)
             target.keep_last(g + 1, keep)
             n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
-            counters.add(row_ids, acc, res.defer_drafted)
+            counters.add(row_ids, acc, res.defer_drafted, g)
             if ctx.on_round is not None:
                 ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
             ctx.rounds += 1
@@ -205,6 +225,7 @@ class SpecCascadeDecoder(BaseDecoder):
             # 5. the round's single host sync
             step = end_round(
                 finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, *counters.live),
+                extra=(acc.sum(), torch.clamp(acc + 1, max=g).sum()) if policy is not None else (),
                 shared=plan.shared_summary, on_leave=partial(counters.flush, row_ids),
             )
             if prof is not None:
@@ -213,6 +234,9 @@ class SpecCascadeDecoder(BaseDecoder):
                 break
             row_ids, keys, gen, pend, pos, *live = step[0]
             counters.live = tuple(live)
+            if policy is not None:
+                accepted_so_far += step[1][0]
+                verified_so_far += step[1][1]
 
     def _draft_block(
         self,
@@ -220,17 +244,19 @@ class SpecCascadeDecoder(BaseDecoder):
         ctx: CallContext,
         pend: Tensor,  # [B] the pending token (last emitted, not yet in the draft's cache)
         pos: Tensor,  # [B] its position
-        u_draft: Tensor,  # [B, >= gamma] uniforms of the draft samples
+        u_draft: Tensor,  # [B, >= g] uniforms of the draft samples
         check: bool,
+        g: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Draft ``gamma`` tokens with ``gamma + 1`` forwards (the last one gives q at the bonus position).
+        """Draft ``g`` (default gamma) tokens with ``g + 1`` forwards (the last one gives q at the bonus
+        position).
 
         Returns ``drafts`` ``[B, gamma]``, tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the
         same tensor when sampling does not change the distribution), the draft's last hidden states
         ``[B, gamma + 1, H]`` when the rule reads them, and, with ``check``, a 0-dim bool "some logits were
         non-finite" (the reference loop checks every forward; the fast loop checks once per round).
         """
-        g = self.gamma
+        g = self.gamma if g is None else g
         tok = pend.unsqueeze(1)
         q_list, qr_list, d_list, dh_list = [], [], [], []
         bad = None
@@ -313,8 +339,11 @@ def make_decoder(
 
     Options by method (all also take ``tokenizer``, ``draft_tokenizer``, ``vocab_size``, ``c``, ``engine``):
 
-    * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); rule options such as
-      ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
+    * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); ``gamma_policy``
+      (None | "adaptive" | a :class:`~specref.decode.gamma_policy.AdaptiveGamma`: each round's block size
+      in ``1..gamma`` from the running acceptance and the step costs, on the ``plain`` and ``fast``
+      engines; the law is unchanged); rule options such as ``beta`` (lossy), ``weight`` (ensemble),
+      ``head`` (learned).
     * ``target`` / ``draft``: autoregressive decoding with one model.
     * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
       ``max q < 1 - alpha``).
@@ -335,9 +364,14 @@ def make_decoder(
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
     if method in RULE_METHODS or method not in METHODS:  # built-in or registered rule
         bonus = options.pop("bonus", "pi")
+        policy = options.pop("gamma_policy", None)
         return SpecCascadeDecoder(
-            draft, target, method, gamma, bonus=bonus, alpha=alpha, rule_options=options, **common
+            draft, target, method, gamma, bonus=bonus, alpha=alpha, rule_options=options, gamma_policy=policy,
+            **common,
         )
+    if options.get("gamma_policy") is not None:
+        raise ValueError(f"gamma_policy applies to the speculative methods, not to {method!r}")
+    options.pop("gamma_policy", None)
     if method in ("target", "draft"):
         if alpha is not None or options:
             raise ValueError(f"method {method!r} takes no alpha or options, got alpha={alpha!r}, {options}")

@@ -47,7 +47,9 @@ def round_uniforms(keys: Tensor, start: Tensor, k: int) -> Tensor:
     return key_uniform(keys.unsqueeze(-1), counter.unsqueeze(1))  # [B, S, 1] keys against [B, 1, k] counters
 
 
-# ---- uniforms: (draft [B, >= g], accept [B, g], sample [B, g + 1]) for a round starting at token gen ------
+# ---- uniforms: (draft [B, >= g], accept [B, g], sample [B, g + 1]) for a round of g drafts at token gen --
+# (g: the call's gamma unless a block-size policy picks a smaller one for the round; the values at a
+# position do not depend on g)
 
 
 class _KeyedUniforms:
@@ -60,8 +62,9 @@ class _KeyedUniforms:
     def keys(self, seeds: Tensor) -> Tensor:  # seeds [B] -> [B]
         return seeds
 
-    def round(self, keys: Tensor, gen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        at_g, at_g1 = gen.unsqueeze(1) + self.ar_g, gen.unsqueeze(1) + self.ar_g1
+    def round(self, keys: Tensor, gen: Tensor, g: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        ar_g, ar_g1 = (self.ar_g, self.ar_g1) if g is None else (self.ar_g1[:g], self.ar_g1[: g + 1])
+        at_g, at_g1 = gen.unsqueeze(1) + ar_g, gen.unsqueeze(1) + ar_g1
         return (
             keyed_uniform(keys, at_g, STREAM_DRAFT),
             keyed_uniform(keys, at_g, STREAM_ACCEPT),
@@ -78,8 +81,8 @@ class _BatchedUniforms:
     def keys(self, seeds: Tensor) -> Tensor:  # seeds [B] -> [B, 3]
         return stream_keys(seeds)
 
-    def round(self, keys: Tensor, gen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        g = self.gamma
+    def round(self, keys: Tensor, gen: Tensor, g: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        g = self.gamma if g is None else g
         u = round_uniforms(keys, gen, g + 1)  # [B, 3, g + 1]
         return u[:, 0], u[:, 1, :g], u[:, 2]
 
@@ -96,10 +99,13 @@ class _DirectCounters:
         #: per-live-row tensors that follow the live rows (none: the counters are indexed by row id)
         self.live: tuple[Tensor, ...] = ()
 
-    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor) -> None:
-        """``acc`` ``[B]`` accepted drafts, ``defer_drafted`` ``[B, g]`` deferral at the drafted tokens."""
-        g, cnt = self.gamma, self.cnt
-        reached = self.ar_g.unsqueeze(0) <= acc.unsqueeze(1)
+    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
+        """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
+        ``[B, g]`` deferral at the drafted tokens."""
+        cnt = self.cnt
+        g = self.gamma if g is None else g
+        ar_g = self.ar_g[:g]
+        reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
         n_reached = reached.sum(dim=1)
         cnt.rounds[row_ids] += 1
         cnt.draft_calls[row_ids] += g + 1
@@ -107,8 +113,8 @@ class _DirectCounters:
         cnt.drafted[row_ids] += n_reached
         cnt.accepted[row_ids] += acc
         cnt.rejections[row_ids] += (acc < g).long()
-        cnt.pos_reached[row_ids] += reached.long()
-        cnt.pos_accepted[row_ids] += (self.ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
+        cnt.pos_reached[row_ids, :g] += reached.long()
+        cnt.pos_accepted[row_ids, :g] += (ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
         cnt.deferred[row_ids] += (defer_drafted.double() * reached).sum(dim=1)
         cnt.defer_positions[row_ids] += n_reached
 
@@ -123,37 +129,41 @@ class _LiveCounters:
     def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
         self.ar_col = torch.arange(gamma, device=ctx.device).unsqueeze(0)
-        # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g]
-        acc_i = torch.zeros((ctx.batch, 4 + 2 * gamma), dtype=torch.long, device=ctx.device)
+        # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g], draft calls
+        acc_i = torch.zeros((ctx.batch, 5 + 2 * gamma), dtype=torch.long, device=ctx.device)
         acc_d = torch.zeros(ctx.batch, dtype=torch.float64, device=ctx.device)
         self.live: tuple[Tensor, ...] = (acc_i, acc_d)
 
-    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor) -> None:
-        g = self.gamma
+    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
+        gamma = self.gamma
+        g = gamma if g is None else g
         acc_i, acc_d = self.live
         acc_col = acc.unsqueeze(1)
         reached = self.ar_col <= acc_col
+        if g < gamma:  # a shorter round: positions g.. were not drafted
+            reached = reached & (self.ar_col < g)
         n_reached = reached.sum(dim=1)
         acc_i[:, 0] += 1
-        acc_i[:, 1:] += torch.cat(
+        acc_i[:, 1 : 4 + 2 * gamma] += torch.cat(
             [torch.stack([n_reached, acc, (acc < g).long()], dim=1), reached.long(), (self.ar_col < acc_col).long()],
             dim=1,
         )
-        acc_d += (defer_drafted.double() * reached).sum(dim=1)
+        acc_i[:, 4 + 2 * gamma] += g + 1
+        acc_d += (defer_drafted.double() * reached[:, :g]).sum(dim=1)
 
     def flush(self, row_ids: Tensor) -> None:
         g, cnt = self.gamma, self.cnt
         acc_i, acc_d = self.live
         r = acc_i[:, 0]
         cnt.rounds[row_ids] = r
-        cnt.draft_calls[row_ids] = r * (g + 1)
+        cnt.draft_calls[row_ids] = acc_i[:, 4 + 2 * g]
         cnt.target_calls[row_ids] = r
         cnt.drafted[row_ids] = acc_i[:, 1]
         cnt.defer_positions[row_ids] = acc_i[:, 1]
         cnt.accepted[row_ids] = acc_i[:, 2]
         cnt.rejections[row_ids] = acc_i[:, 3]
         cnt.pos_reached[row_ids] = acc_i[:, 4 : 4 + g]
-        cnt.pos_accepted[row_ids] = acc_i[:, 4 + g :]
+        cnt.pos_accepted[row_ids] = acc_i[:, 4 + g : 4 + 2 * g]
         cnt.deferred[row_ids] = acc_d
 
 

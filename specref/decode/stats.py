@@ -156,6 +156,8 @@ class DecodeStats:
         rollbacks: BiLD rollbacks per row.
         draft_forwards / target_forwards / prefill_forwards: forward calls of the whole batch.
         num_rounds: rounds of the whole batch.
+        gamma_rounds: with a block-size policy, rounds of the whole batch per block size ``{g: rounds}``
+            (empty without one: every round drafted ``gamma``).
         wall_time_s: wall time of the call (CUDA events on GPU).
         extra: method-specific per-row tensors (e.g. SeqCascade's ``seq_deferred`` and ``confidence``).
         c_source: where ``c`` came from: ``"given"`` (passed to the decoder) or ``"params"`` (the ratio of
@@ -187,6 +189,7 @@ class DecodeStats:
     num_rounds: int
     wall_time_s: float
     extra: dict[str, Tensor] = field(default_factory=dict)
+    gamma_rounds: dict[int, int] = field(default_factory=dict)
     c_source: str = "given"
     params: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -291,6 +294,10 @@ class DecodeStats:
         }
         if self.gamma:
             out["per_position_acceptance"] = [round(float(x), 4) for x in self.per_position_acceptance]
+        if self.gamma_rounds:
+            out["gamma_rounds"] = {int(g): int(n) for g, n in self.gamma_rounds.items()}
+            total = sum(self.gamma_rounds.values())
+            out["mean_gamma"] = sum(g * n for g, n in self.gamma_rounds.items()) / total
         out.update({"alpha": None, **self.params})
         out.update(self.settings)
         return out

@@ -1,0 +1,76 @@
+"""Block-size policies: the number of drafts ``g`` of each speculative round, chosen before the round.
+
+The sampled law does not depend on the block size: every emitted token is drawn from the rule's ``pi`` at its
+prefix (THEORY.md section 5), whichever position of a block it takes, and a choice made from what earlier
+rounds did uses no randomness of the rounds to come (each draw is keyed by its row, position and stream,
+:mod:`specref.rng`). So any policy that reads only the past keeps the decoder exact; the exactness tests
+check it with the block size varying between rounds. What a policy changes is the cost, and, because rows of
+a batch share a round's block size, which tokens a row gets for its seed: with a policy, a row's tokens
+depend on its batch (their law does not).
+
+:class:`AdaptiveGamma` picks the ``g`` in ``1..gamma_max`` with the most expected tokens per modeled cost,
+from the running acceptance rate of the call's verified drafts (with a prior) and the step costs. A round
+of ``g`` drafts costs ``(g + 1) c + 1 + verify_slope * g`` target steps (``g + 1`` draft forwards, one target
+call scoring ``g + 1`` positions, each extra position costing ``verify_slope`` of a target step: about 0 at
+small batch, where a forward reads the weights once whatever the block, and larger at large batch) and
+emits ``(1 - a^(g + 1)) / (1 - a)`` tokens in expectation when each draft is accepted with probability
+``a`` independently (Leviathan et al. 2023, Eq. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["AdaptiveGamma", "expected_tokens", "round_cost"]
+
+
+def expected_tokens(g: int, a: float) -> float:
+    """Expected tokens of a round of ``g`` drafts, each accepted with probability ``a`` (then a bonus)."""
+    if a >= 1.0:
+        return float(g + 1)
+    return (1.0 - a ** (g + 1)) / (1.0 - a)
+
+
+def round_cost(g: int, c: float, verify_slope: float) -> float:
+    """Modeled cost of a round of ``g`` drafts, in target steps."""
+    return (g + 1) * c + 1.0 + verify_slope * g
+
+
+@dataclass(frozen=True)
+class AdaptiveGamma:
+    """Choose each round's ``g`` in ``1..gamma_max`` by expected tokens per modeled cost.
+
+    Attributes:
+        c: draft/target step cost ratio; None: the decoder's ``c`` (the one its modeled latency uses).
+        verify_slope: extra cost of each additional verified position, in target steps (>= 0).
+        prior_acceptance: acceptance rate assumed before any draft is verified, in [0, 1].
+        prior_weight: how many verified drafts the prior counts as (> 0).
+    """
+
+    c: float | None = None
+    verify_slope: float = 0.0
+    prior_acceptance: float = 0.7
+    prior_weight: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.c is not None and not (math.isfinite(self.c) and self.c >= 0):
+            raise ValueError(f"AdaptiveGamma c must be a finite number >= 0 (or None), got {self.c!r}")
+        if not (math.isfinite(self.verify_slope) and self.verify_slope >= 0):
+            raise ValueError(f"AdaptiveGamma verify_slope must be a finite number >= 0, got {self.verify_slope!r}")
+        if not 0.0 <= self.prior_acceptance <= 1.0:
+            raise ValueError(f"AdaptiveGamma prior_acceptance must be in [0, 1], got {self.prior_acceptance!r}")
+        if not (math.isfinite(self.prior_weight) and self.prior_weight > 0):
+            raise ValueError(f"AdaptiveGamma prior_weight must be a finite number > 0, got {self.prior_weight!r}")
+
+    def acceptance(self, accepted: int, verified: int) -> float:
+        """The running acceptance estimate from ``accepted`` of ``verified`` drafts so far."""
+        w = self.prior_weight
+        return (accepted + w * self.prior_acceptance) / (verified + w)
+
+    def choose(self, gamma_max: int, c: float, accepted: int, verified: int) -> int:
+        """The block size of the next round (ties: the smaller ``g``)."""
+        c = self.c if self.c is not None else c
+        a = self.acceptance(accepted, verified)
+        rates = [expected_tokens(g, a) / round_cost(g, c, self.verify_slope) for g in range(1, gamma_max + 1)]
+        return 1 + max(range(len(rates)), key=lambda i: (rates[i], -i))

@@ -1,0 +1,145 @@
+"""Block-size policies (specref.decode.gamma_policy): the choice itself, and that the decoder's law does not
+change when the block size varies between rounds (chi-square against exact enumeration, with a negative
+control: a shorter round keying its uniforms at the wrong positions, which the same test must reject)."""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest import mock
+
+import pytest
+import torch
+from test_decode_exact import LEVEL, combined_gof, report, rule_refs, sample
+
+from specref import rules
+from specref.decode import decoder as decoder_mod
+from specref.decode import make_decoder
+from specref.decode.gamma_policy import AdaptiveGamma, expected_tokens, round_cost
+from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
+
+# ---- the policy ---------------------------------------------------------------------------------------------
+
+
+def test_expected_tokens_and_cost():
+    assert expected_tokens(3, 0.0) == 1.0 and expected_tokens(3, 1.0) == 4.0
+    assert expected_tokens(2, 0.5) == pytest.approx(1 + 0.5 + 0.25)
+    assert round_cost(4, 0.1, 0.0) == pytest.approx(1.5) and round_cost(4, 0.1, 0.05) == pytest.approx(1.7)
+
+
+def test_choice_follows_acceptance_and_costs():
+    policy = AdaptiveGamma(prior_weight=1e-9)  # no prior: the measured rate alone
+    assert policy.choose(8, 0.05, 95, 100) == 8  # cheap drafts, high acceptance: the longest block
+    assert policy.choose(8, 0.05, 5, 100) == 1  # drafts almost always rejected: the shortest
+    mid = policy.choose(8, 0.2, 70, 100)
+    assert 1 < mid < 8
+    # the choice is the argmax of expected tokens per cost (ties to the smaller g)
+    rates = [expected_tokens(g, 0.7) / round_cost(g, 0.2, 0.0) for g in range(1, 9)]
+    assert mid == 1 + rates.index(max(rates))
+    # a costlier verification of long blocks (large batch) shortens them
+    assert AdaptiveGamma(verify_slope=0.3, prior_weight=1e-9).choose(8, 0.2, 70, 100) < mid
+    assert AdaptiveGamma(c=0.9).choose(8, 0.05, 95, 100) == AdaptiveGamma().choose(8, 0.9, 95, 100)
+    assert AdaptiveGamma().acceptance(0, 0) == 0.7
+
+
+@pytest.mark.parametrize("field,value", [("c", -1.0), ("c", float("nan")), ("verify_slope", -0.1),
+                                          ("prior_acceptance", 1.5), ("prior_weight", 0.0)])
+def test_bad_policy_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        AdaptiveGamma(**{field: value})
+
+
+def test_decoder_refuses_what_a_policy_cannot_do():
+    draft, target = toy_pair("llama")
+    with pytest.raises(ValueError, match="captures one block size"):
+        make_decoder(draft, target, "opt", alpha=0.5, engine="static", gamma_policy="adaptive")
+    with pytest.raises(ValueError, match="speculative methods"):
+        make_decoder(draft, target, "target", gamma_policy="adaptive")
+    with pytest.raises(ValueError, match="gamma_policy must be"):
+        make_decoder(draft, target, "opt", alpha=0.5, gamma_policy="sometimes")
+
+
+# ---- the law does not change ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cycling(AdaptiveGamma):
+    """Causal but erratic: g cycles through 1..gamma with the drafts verified so far (every size occurs)."""
+
+    def choose(self, gamma_max, c, accepted, verified):
+        return 1 + (accepted + 2 * verified) % gamma_max
+
+
+CASES = [("specdecode", None, {}), ("lossy", 0.3, {}), ("opt", 0.5, {}), ("token_v3", 0.6, {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+@pytest.mark.parametrize("method,alpha,options", CASES, ids=[c[0] for c in CASES])
+def test_varying_block_sizes_keep_the_exact_law(method, alpha, options, engine):
+    gamma = 3
+    seq = sample("llama", method, alpha, gamma=gamma, engine=engine, gamma_policy=Cycling(), **options)
+    rule = rules.get(method, alpha=alpha, **options)
+    res = combined_gof(seq, rule_refs("llama", rule, gamma=gamma))
+    report(f"{method} cycling gamma ({engine})", res)
+    assert res.p_value > LEVEL, res
+
+
+def test_the_policy_is_reported_and_varies():
+    draft, target = toy_pair("llama")
+    ids, mask = ragged_batch(TOY_PROMPTS, 16)
+    dec = make_decoder(draft, target, "opt", alpha=0.5, gamma=3, gamma_policy=Cycling())
+    out = dec.generate(ids, mask, max_new_tokens=12, seed=0)
+    s = out.stats.summary()
+    assert len(s["gamma_rounds"]) >= 2 and sum(s["gamma_rounds"].values()) == s["rounds"]
+    assert s["gamma_policy"].startswith("Cycling(")
+    # per-row draft calls count each round's own g + 1
+    assert int(out.stats.draft_calls.max()) <= s["rounds"] * 4 and s["draft_forwards"] == sum(
+        (g + 1) * n for g, n in s["gamma_rounds"].items())
+    fixed = make_decoder(draft, target, "opt", alpha=0.5, gamma=3).generate(ids, mask, max_new_tokens=12, seed=0)
+    assert "gamma_rounds" not in fixed.stats.summary()
+
+
+def test_fast_and_plain_engines_agree_under_a_policy():
+    draft, target = toy_pair("llama")
+    ids, mask = ragged_batch(TOY_PROMPTS, 8)
+    outs = [make_decoder(draft, target, "token_v3", alpha=0.6, gamma=3, engine=e, gamma_policy=Cycling())
+            .generate(ids, mask, max_new_tokens=10, seed=3) for e in ("plain", "fast")]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    assert outs[0].stats.summary()["gamma_rounds"] == outs[1].stats.summary()["gamma_rounds"]
+    for name in ("draft_calls", "drafted", "accepted", "rejections", "pos_reached", "pos_accepted"):
+        assert torch.equal(getattr(outs[0].stats, name), getattr(outs[1].stats, name)), name
+
+
+# ---- negative control: uniforms keyed at the wrong positions when a round is shorter ---------------------------
+
+
+class _ShiftedUniforms:
+    """A shorter round's uniforms taken from the END of the full block's (keyed at positions gen + gamma - g
+    on), so one uniform serves two positions of the sequence across rounds."""
+
+    def __init__(self, inner, gamma):
+        self.inner, self.gamma = inner, gamma
+
+    def keys(self, seeds):
+        return self.inner.keys(seeds)
+
+    def round(self, keys, gen, g=None):
+        g = self.gamma if g is None else g
+        return self.inner.round(keys, gen + (self.gamma - g), g)
+
+
+@pytest.mark.slow
+def test_negative_control_uniforms_at_the_wrong_positions_are_rejected():
+    real = decoder_mod.round_plan
+
+    def shifted_plan(lean, ctx, gamma):
+        plan = real(lean, ctx, gamma)
+        plan.uniforms = _ShiftedUniforms(plan.uniforms, gamma)
+        return plan
+
+    gamma = 3
+    with mock.patch.object(decoder_mod, "round_plan", shifted_plan):
+        seq = sample("llama", "specdecode", None, gamma=gamma, engine="plain", gamma_policy=Cycling())
+    res = combined_gof(seq, rule_refs("llama", rules.get("specdecode"), gamma=gamma))
+    report("negative control: shifted uniforms", res)
+    assert res.p_value < LEVEL, res
