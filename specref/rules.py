@@ -246,6 +246,8 @@ class Rule:
     token_level: bool = False
     #: False only for draft-only decoding, which never needs the target's distribution.
     needs_target: bool = True
+    #: True when pi = p whatever q is: a round may then skip the draft (block size 0, a plain target step).
+    pi_is_target: bool = False
     #: True: alpha is required (no default); False: alpha is refused; None (custom rules): optional.
     takes_alpha: bool | None = None
 
@@ -432,6 +434,7 @@ class TargetRule(Rule):
 
     name = "target"
     takes_alpha = False
+    pi_is_target = True
 
     def decide_position(self, stats):
         return torch.ones(stats.shape, dtype=stats.dtype, device=stats.device)

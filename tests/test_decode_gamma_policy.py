@@ -1,6 +1,7 @@
 """Block-size policies (specref.decode.gamma_policy): the choice itself, and that the decoder's law does not
 change when the block size varies between rounds (chi-square against exact enumeration, with a negative
-control: a shorter round keying its uniforms at the wrong positions, which the same test must reject)."""
+controls: a shorter round keying its uniforms at the wrong positions, and a plain target step drawing with the
+next position's uniform, which the same test must reject)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from unittest import mock
 
 import pytest
 import torch
-from test_decode_exact import LEVEL, combined_gof, report, rule_refs, sample
+from test_decode_exact import LEVEL, SEED, N, combined_gof, report, rule_refs, sample
 
 from specref import rules
+from specref.decode import SpecCascadeDecoder, make_decoder
 from specref.decode import decoder as decoder_mod
-from specref.decode import make_decoder
 from specref.decode.gamma_policy import AdaptiveGamma, expected_tokens, round_cost
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 
@@ -39,10 +40,15 @@ def test_choice_follows_acceptance_and_costs():
     assert AdaptiveGamma(verify_slope=0.3, prior_weight=1e-9).choose(8, 0.2, 70, 100) < mid
     assert AdaptiveGamma(c=0.9).choose(8, 0.05, 95, 100) == AdaptiveGamma().choose(8, 0.9, 95, 100)
     assert AdaptiveGamma().acceptance(0, 0) == 0.7
+    # plain target steps (g = 0) where pi = p: chosen when drafting does not pay, with a probe round
+    assert AdaptiveGamma().choose(8, 2.0, 5, 100) == 1
+    assert AdaptiveGamma().choose(8, 2.0, 5, 100, allow_zero=True) == 0
+    assert AdaptiveGamma(probe_every=4).choose(8, 2.0, 5, 100, allow_zero=True, since_draft=4) == 1
+    assert AdaptiveGamma().choose(8, 0.05, 95, 100, allow_zero=True) == 8
 
 
 @pytest.mark.parametrize("field,value", [("c", -1.0), ("c", float("nan")), ("verify_slope", -0.1),
-                                          ("prior_acceptance", 1.5), ("prior_weight", 0.0)])
+                                          ("prior_acceptance", 1.5), ("prior_weight", 0.0), ("probe_every", 0)])
 def test_bad_policy_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         AdaptiveGamma(**{field: value})
@@ -63,12 +69,15 @@ def test_decoder_refuses_what_a_policy_cannot_do():
 
 @dataclasses.dataclass(frozen=True)
 class Cycling(AdaptiveGamma):
-    """Causal but erratic: g cycles through 1..gamma with the drafts verified so far (every size occurs)."""
+    """Causal but erratic: g cycles through its range (0..gamma where the rule allows plain target steps,
+    else 1..gamma) with the drafts verified so far and the rounds since the last draft."""
 
-    def choose(self, gamma_max, c, accepted, verified):
-        return 1 + (accepted + 2 * verified) % gamma_max
+    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0):
+        low = 0 if allow_zero else 1
+        return low + (accepted + 2 * verified + since_draft) % (gamma_max + 1 - low)
 
 
+# specdecode (pi = p) also takes g = 0 rounds: plain target steps, after which the draft catches up
 CASES = [("specdecode", None, {}), ("lossy", 0.3, {}), ("opt", 0.5, {}), ("token_v3", 0.6, {})]
 
 
@@ -99,6 +108,21 @@ def test_the_policy_is_reported_and_varies():
     assert "gamma_rounds" not in fixed.stats.summary()
 
 
+def test_plain_target_steps_are_counted_and_skip_the_draft():
+    draft, target = toy_pair("llama")
+    ids, mask = ragged_batch(TOY_PROMPTS, 8)
+    out = make_decoder(draft, target, "specdecode", gamma=3, gamma_policy=Cycling()).generate(
+        ids, mask, max_new_tokens=20, seed=0)
+    s = out.stats.summary()
+    assert s["gamma_rounds"].get(0, 0) >= 2
+    assert s["draft_forwards"] == sum((g + 1) * n for g, n in s["gamma_rounds"].items() if g)
+    assert s["target_forwards"] == s["rounds"]
+    # where drafting never pays, SpecDecode decodes as the target alone, but for a probe round now and then
+    lone = make_decoder(draft, target, "specdecode", gamma=3, gamma_policy=AdaptiveGamma(c=2.0, probe_every=8))
+    stats = lone.generate(ids, mask, max_new_tokens=20, seed=0).stats.summary()
+    assert stats["gamma_rounds"][0] >= 16 and set(stats["gamma_rounds"]) <= {0, 1}
+
+
 def test_fast_and_plain_engines_agree_under_a_policy():
     draft, target = toy_pair("llama")
     ids, mask = ragged_batch(TOY_PROMPTS, 8)
@@ -126,6 +150,33 @@ class _ShiftedUniforms:
     def round(self, keys, gen, g=None):
         g = self.gamma if g is None else g
         return self.inner.round(keys, gen + (self.gamma - g), g)
+
+
+class _TargetStepWrongUniform(SpecCascadeDecoder):
+    """A plain target step draws with the uniform of the NEXT position, which the next round draws with too."""
+
+    def _target_step(self, target, ctx, plan, keys, row_ids, gen, pend, pos):
+        inner = plan.uniforms
+
+        class Ahead:
+            def round(self, keys, gen, g=None):
+                return inner.round(keys, gen + 1, g)
+
+        shifted = dataclasses.replace(plan, uniforms=Ahead())
+        return super()._target_step(target, ctx, shifted, keys, row_ids, gen, pend, pos)
+
+
+@pytest.mark.slow
+def test_negative_control_a_target_step_reusing_a_uniform_is_rejected():
+    gamma = 3
+    draft, target = toy_pair("llama")
+    dec = make_decoder(draft, target, "specdecode", gamma=gamma, gamma_policy=Cycling())
+    dec.__class__ = _TargetStepWrongUniform
+    ids, mask = ragged_batch(TOY_PROMPTS, N)
+    seq = dec.generate(ids, mask, max_new_tokens=3, seed=SEED).sequences
+    res = combined_gof(seq, rule_refs("llama", rules.get("specdecode"), gamma=gamma))
+    report("negative control: target step with the next position's uniform", res)
+    assert res.p_value < LEVEL, res
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def count_syncs(monkeypatch):
         ("t5", "bild", None, {"fallback": 0.5, "rollback": 1.0}),
         ("llama", "seq_cascade", 0.5, {}),
         ("llama", "specdecode", None, {"gamma_policy": "adaptive", "c": 0.3}),  # the policy reads the same sync
+        ("llama", "specdecode", None, {"gamma_policy": "adaptive", "c": 2.0}),  # plain target steps (g = 0)
         ("t5", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "fast", "c": 0.05}),
     ],
 )

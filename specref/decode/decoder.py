@@ -165,6 +165,11 @@ class SpecCascadeDecoder(BaseDecoder):
         plan = round_plan(self.engine_spec.lean_round, ctx, g)
         policy = self.gamma_policy
         accepted_so_far = verified_so_far = 0  # the policy's running acceptance, read in the round's sync
+        # g = 0 rounds (a plain target step) only where pi = p; the draft then lags behind the target, so
+        # the two caches no longer share one summary
+        zero_ok = policy is not None and self.rule.pi_is_target
+        since_draft = 0
+        shared = plan.shared_summary and not zero_ok
         draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
         target, _, _ = self._start(self.target, ctx, ctx.input_ids, ctx.mask)
         row_ids = torch.arange(ctx.batch, device=dev)
@@ -172,6 +177,7 @@ class SpecCascadeDecoder(BaseDecoder):
         keys = plan.uniforms.keys(ctx.seeds)
         ar_max = torch.arange(self.gamma + 1, device=dev)
         ar_g1 = ar_max
+        lag = pend.new_zeros((ctx.batch, 0))  # [B, L] emitted tokens the draft has not read (after g = 0)
         counters = plan.counters
         fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
         hidden = self.wants_hidden
@@ -179,14 +185,34 @@ class SpecCascadeDecoder(BaseDecoder):
             if prof is not None:
                 prof.round_begin()
             if policy is not None:  # this round's block size, from what earlier rounds did
-                g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far)
+                g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft)
                 ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
                 ar_g1 = ar_max[: g + 1]
-            # 1. draft g + 1 steps
+                since_draft = since_draft + 1 if g == 0 else 0
+            if g == 0:  # a plain target step: pi = p at the pending position, drawn as a bonus would be
+                n_out, finished, bad, tok = self._target_step(target, ctx, plan, keys, row_ids, gen, pend, pos)
+                counters.add(row_ids, torch.zeros_like(gen), pend.new_zeros((pend.shape[0], 0)), 0)
+                ctx.rounds += 1
+                lag = torch.cat([lag, pend.unsqueeze(1)], dim=1)
+                pend, pos, gen = tok, pos + 1, gen + n_out
+                step = end_round(
+                    finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
+                    extra=(gen.new_zeros(()), gen.new_zeros(())), shared=False,
+                    on_leave=partial(counters.flush, row_ids),
+                )
+                if prof is not None:
+                    prof.round_end()
+                if step is None:
+                    break
+                row_ids, keys, gen, pend, pos, lag, *live = step[0]
+                counters.live = tuple(live)
+                continue
+            # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
             u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
             drafts, q, q_rule, d_hidden, bad = self._draft_block(
-                draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g
+                draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag
             )
+            lag = lag[:, :0]
             # 2. one target call on the pending token and the drafts
             block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
             fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
@@ -224,19 +250,42 @@ class SpecCascadeDecoder(BaseDecoder):
             gen = gen + n_out
             # 5. the round's single host sync
             step = end_round(
-                finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, *counters.live),
+                finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
                 extra=(acc.sum(), torch.clamp(acc + 1, max=g).sum()) if policy is not None else (),
-                shared=plan.shared_summary, on_leave=partial(counters.flush, row_ids),
+                shared=shared, on_leave=partial(counters.flush, row_ids),
             )
             if prof is not None:
                 prof.round_end()
             if step is None:
                 break
-            row_ids, keys, gen, pend, pos, *live = step[0]
+            row_ids, keys, gen, pend, pos, lag, *live = step[0]
             counters.live = tuple(live)
             if policy is not None:
                 accepted_so_far += step[1][0]
                 verified_so_far += step[1][1]
+
+    def _target_step(
+        self,
+        target: Any,
+        ctx: CallContext,
+        plan: Any,
+        keys: Tensor,  # [B, ...] per-row uniform keys
+        row_ids: Tensor,  # [B]
+        gen: Tensor,  # [B] tokens emitted so far
+        pend: Tensor,  # [B] the pending token
+        pos: Tensor,  # [B] its position
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A round without drafts (pi = p): the target reads the pending token and the next token is drawn
+        from p with the sample stream's uniform at its position, as a bonus draw would be. Returns
+        ``(n_out, finished, bad, token)``, each ``[B]`` (``bad`` 0-dim)."""
+        u_smp = plan.uniforms.round(keys, gen, 0)[2]  # [B, 1]
+        fo = target.forward(pend.unsqueeze(1), pos.unsqueeze(1), hidden=False)
+        ctx.target_forwards += 1
+        p_rule, p = ctx.probs(fo.logits[:, -1])
+        bad = plan.logits_nonfinite(fo.logits) if plan.check_each_forward else plan.round_nonfinite(p_rule, p_rule)
+        tok = sample_categorical(p, u_smp[:, 0])
+        n_out, finished = ctx.emit(row_ids, gen, tok.unsqueeze(1), torch.ones_like(gen))
+        return n_out, finished, bad, tok
 
     def _draft_block(
         self,
@@ -247,9 +296,10 @@ class SpecCascadeDecoder(BaseDecoder):
         u_draft: Tensor,  # [B, >= g] uniforms of the draft samples
         check: bool,
         g: int | None = None,
+        lag: Tensor | None = None,  # [B, L] tokens before ``pend`` the draft has not read (L may be 0)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """Draft ``g`` (default gamma) tokens with ``g + 1`` forwards (the last one gives q at the bonus
-        position).
+        position); the first forward also reads ``lag``, the tokens emitted by plain target steps.
 
         Returns ``drafts`` ``[B, gamma]``, tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the
         same tensor when sampling does not change the distribution), the draft's last hidden states
@@ -258,10 +308,14 @@ class SpecCascadeDecoder(BaseDecoder):
         """
         g = self.gamma if g is None else g
         tok = pend.unsqueeze(1)
+        first_pos = pos.unsqueeze(1)
+        if lag is not None and lag.shape[1]:
+            tok = torch.cat([lag, tok], dim=1)
+            first_pos = pos.unsqueeze(1) + torch.arange(-lag.shape[1], 1, device=pos.device)
         q_list, qr_list, d_list, dh_list = [], [], [], []
         bad = None
         for i in range(g + 1):
-            fo = draft.forward(tok, (pos + i).unsqueeze(1), hidden=self.wants_hidden)
+            fo = draft.forward(tok, first_pos if i == 0 else (pos + i).unsqueeze(1), hidden=self.wants_hidden)
             lg = fo.logits[:, -1]
             if check:
                 bad = any_nonfinite(lg) if bad is None else bad | any_nonfinite(lg)

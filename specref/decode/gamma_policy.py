@@ -8,7 +8,9 @@ check it with the block size varying between rounds. What a policy changes is th
 a batch share a round's block size, which tokens a row gets for its seed: with a policy, a row's tokens
 depend on its batch (their law does not).
 
-:class:`AdaptiveGamma` picks the ``g`` in ``1..gamma_max`` with the most expected tokens per modeled cost,
+:class:`AdaptiveGamma` picks the ``g`` in ``1..gamma_max`` (``0..gamma_max`` when the rule's ``pi`` is the
+target's ``p``, as for SpecDecode: ``g = 0`` is then a plain target step, one token for one target step, and
+the draft catches up on the skipped tokens in its next forward) with the most expected tokens per modeled cost,
 from the running acceptance rate of the call's verified drafts (with a prior) and the step costs. A round
 of ``g`` drafts costs ``(g + 1) c + 1 + verify_slope * g`` target steps (``g + 1`` draft forwards, one target
 call scoring ``g + 1`` positions, each extra position costing ``verify_slope`` of a target step: about 0 at
@@ -46,12 +48,15 @@ class AdaptiveGamma:
         verify_slope: extra cost of each additional verified position, in target steps (>= 0).
         prior_acceptance: acceptance rate assumed before any draft is verified, in [0, 1].
         prior_weight: how many verified drafts the prior counts as (> 0).
+        probe_every: after this many rounds in a row without drafts (``g = 0``), one round drafts 1 token,
+            so the acceptance estimate can recover when the text gets easier (>= 1).
     """
 
     c: float | None = None
     verify_slope: float = 0.0
     prior_acceptance: float = 0.7
     prior_weight: float = 8.0
+    probe_every: int = 16
 
     def __post_init__(self) -> None:
         if self.c is not None and not (math.isfinite(self.c) and self.c >= 0):
@@ -62,15 +67,23 @@ class AdaptiveGamma:
             raise ValueError(f"AdaptiveGamma prior_acceptance must be in [0, 1], got {self.prior_acceptance!r}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight > 0):
             raise ValueError(f"AdaptiveGamma prior_weight must be a finite number > 0, got {self.prior_weight!r}")
+        if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 1:
+            raise ValueError(f"AdaptiveGamma probe_every must be an integer >= 1, got {self.probe_every!r}")
 
     def acceptance(self, accepted: int, verified: int) -> float:
         """The running acceptance estimate from ``accepted`` of ``verified`` drafts so far."""
         w = self.prior_weight
         return (accepted + w * self.prior_acceptance) / (verified + w)
 
-    def choose(self, gamma_max: int, c: float, accepted: int, verified: int) -> int:
-        """The block size of the next round (ties: the smaller ``g``)."""
+    def choose(self, gamma_max: int, c: float, accepted: int, verified: int, allow_zero: bool = False,
+               since_draft: int = 0) -> int:
+        """The block size of the next round (ties: the smaller ``g``). ``allow_zero``: a round may skip the
+        draft; ``since_draft``: rounds in a row that did (a probe round follows ``probe_every`` of them)."""
+        if allow_zero and since_draft >= self.probe_every:
+            return 1
         c = self.c if self.c is not None else c
         a = self.acceptance(accepted, verified)
-        rates = [expected_tokens(g, a) / round_cost(g, c, self.verify_slope) for g in range(1, gamma_max + 1)]
-        return 1 + max(range(len(rates)), key=lambda i: (rates[i], -i))
+        low = 0 if allow_zero else 1
+        rates = {g: expected_tokens(g, a) / round_cost(g, c, self.verify_slope) if g else 1.0
+                 for g in range(low, gamma_max + 1)}
+        return max(rates, key=lambda g: (rates[g], -g))

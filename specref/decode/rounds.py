@@ -108,7 +108,7 @@ class _DirectCounters:
         reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
         n_reached = reached.sum(dim=1)
         cnt.rounds[row_ids] += 1
-        cnt.draft_calls[row_ids] += g + 1
+        cnt.draft_calls[row_ids] += g + 1 if g else 0  # g = 0: a plain target step
         cnt.target_calls[row_ids] += 1
         cnt.drafted[row_ids] += n_reached
         cnt.accepted[row_ids] += acc
@@ -148,7 +148,7 @@ class _LiveCounters:
             [torch.stack([n_reached, acc, (acc < g).long()], dim=1), reached.long(), (self.ar_col < acc_col).long()],
             dim=1,
         )
-        acc_i[:, 4 + 2 * gamma] += g + 1
+        acc_i[:, 4 + 2 * gamma] += g + 1 if g else 0  # g = 0: a plain target step
         acc_d += (defer_drafted.double() * reached[:, :g]).sum(dim=1)
 
     def flush(self, row_ids: Tensor) -> None:
