@@ -69,3 +69,13 @@ def test_atomic_write_uses_unique_temporaries_and_leaves_none(tmp_path, monkeypa
         atomic_write(target, "two")
     assert target.read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md", "summary.md.tmp"]
+
+
+def test_atomic_write_gives_the_ordinary_permissions(tmp_path):
+    """Summaries and run.json are readable like any file the user writes (0o666 less the umask), not 0o600."""
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "sub" / "run.json", "{}")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

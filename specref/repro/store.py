@@ -22,12 +22,13 @@ import csv
 import io
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from specref.atomic import write_atomic
 
 __all__ = [
     "COLUMNS",
@@ -141,25 +142,11 @@ def _encode(row: Mapping[str, Any]) -> str:
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` all or nothing: a uniquely named temporary file in the same folder, fsync,
-    then ``os.replace``. Why unique: two runs writing the same output folder must not share a temporary."""
+    """Write ``data`` to ``path`` all or nothing (:func:`specref.atomic.write_atomic`: a uniquely named temp
+    file in the same folder, fsync, rename, with the ordinary file permissions), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_atomic(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 class PointStore:
