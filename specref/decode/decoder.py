@@ -176,7 +176,6 @@ class SpecCascadeDecoder(BaseDecoder):
         gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
         keys = plan.uniforms.keys(ctx.seeds)
         ar_max = torch.arange(self.gamma + 1, device=dev)
-        ar_g1 = ar_max
         lag = pend.new_zeros((ctx.batch, 0))  # [B, L] emitted tokens the draft has not read (after g = 0)
         counters = plan.counters
         fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
@@ -187,7 +186,6 @@ class SpecCascadeDecoder(BaseDecoder):
             if policy is not None:  # this round's block size, from what earlier rounds did
                 g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft)
                 ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
-                ar_g1 = ar_max[: g + 1]
                 since_draft = since_draft + 1 if g == 0 else 0
             if g == 0:  # a plain target step: pi = p at the pending position, drawn as a bonus would be
                 n_out, finished, bad, tok = self._target_step(target, ctx, plan, keys, row_ids, gen, pend, pos)
@@ -195,64 +193,17 @@ class SpecCascadeDecoder(BaseDecoder):
                 ctx.rounds += 1
                 lag = torch.cat([lag, pend.unsqueeze(1)], dim=1)
                 pend, pos, gen = tok, pos + 1, gen + n_out
-                step = end_round(
-                    finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
-                    extra=(gen.new_zeros(()), gen.new_zeros(())), shared=False,
-                    on_leave=partial(counters.flush, row_ids),
-                )
-                if prof is not None:
-                    prof.round_end()
-                if step is None:
-                    break
-                row_ids, keys, gen, pend, pos, lag, *live = step[0]
-                counters.live = tuple(live)
-                continue
-            # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
-            u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
-            drafts, q, q_rule, d_hidden, bad = self._draft_block(
-                draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag
-            )
-            lag = lag[:, :0]
-            # 2. one target call on the pending token and the drafts
-            block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
-            fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
-            ctx.target_forwards += 1
-            p_rule, p = ctx.probs(fo_t.logits)
-            if plan.check_each_forward:
-                bad = bad | plan.logits_nonfinite(fo_t.logits)
+                verified: tuple[Tensor, ...] = ()  # nothing drafted: the acceptance estimate stays
             else:
-                bad = plan.round_nonfinite(q_rule, p_rule)
-            # 3. rule + verification with keyed uniforms
-            features = None
-            if hidden:
-                features = {"draft_hidden": d_hidden, "target_hidden": fo_t.hidden}
-            res: Any = None
-            if fused is not None:
-                res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused)
-            if res is None:
-                res = verify_block(
-                    drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=self.bonus,
-                    uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False,
+                n_out, finished, bad, verified, pend, pos, gen = self._spec_round(
+                    ctx, plan, draft, target, row_ids, keys, gen, pend, pos, lag, g, ar_max[: g + 1], counters,
+                    fused, hidden, track=policy is not None,
                 )
-            acc = res.accepted
-            # 4. roll back both caches: keep the pending token and the accepted drafts
-            keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
-            draft.keep_last(g + 1, keep)
-            target.keep_last(g + 1, keep)
-            n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
-            counters.add(row_ids, acc, res.defer_drafted, g)
-            if ctx.on_round is not None:
-                ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
-            ctx.rounds += 1
-            # next round's pending token: the residual / bonus draw
-            pend = res.tokens.gather(1, acc.unsqueeze(1)).squeeze(1)
-            pos = pos + acc + 1
-            gen = gen + n_out
-            # 5. the round's single host sync
+                lag = lag[:, :0]
+            # the round's single host sync
             step = end_round(
                 finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
-                extra=(acc.sum(), torch.clamp(acc + 1, max=g).sum()) if policy is not None else (),
-                shared=shared, on_leave=partial(counters.flush, row_ids),
+                extra=verified, shared=shared and g != 0, on_leave=partial(counters.flush, row_ids),
             )
             if prof is not None:
                 prof.round_end()
@@ -260,9 +211,75 @@ class SpecCascadeDecoder(BaseDecoder):
                 break
             row_ids, keys, gen, pend, pos, lag, *live = step[0]
             counters.live = tuple(live)
-            if policy is not None:
+            if verified:
                 accepted_so_far += step[1][0]
                 verified_so_far += step[1][1]
+
+    def _spec_round(
+        self,
+        ctx: CallContext,
+        plan: Any,
+        draft: Any,
+        target: Any,
+        row_ids: Tensor,  # [B]
+        keys: Tensor,  # [B, ...] per-row uniform keys
+        gen: Tensor,  # [B] tokens emitted so far
+        pend: Tensor,  # [B] the pending token
+        pos: Tensor,  # [B] its position
+        lag: Tensor,  # [B, L] tokens the draft has not read yet
+        g: int,
+        ar_g1: Tensor,  # [g + 1] 0..g
+        counters: Any,
+        fused: Any,
+        hidden: bool,
+        track: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor]:
+        """One speculative round of ``g`` drafts. Returns ``(n_out, finished, bad, verified, pend, pos, gen)``:
+        the emitted counts, finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a
+        block-size policy (``track``; else empty), and the next round's pending token, its position and the
+        rows' new lengths."""
+        # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
+        u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
+        drafts, q, q_rule, d_hidden, bad = self._draft_block(
+            draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag
+        )
+        # 2. one target call on the pending token and the drafts
+        block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
+        fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
+        ctx.target_forwards += 1
+        p_rule, p = ctx.probs(fo_t.logits)
+        if plan.check_each_forward:
+            bad = bad | plan.logits_nonfinite(fo_t.logits)
+        else:
+            bad = plan.round_nonfinite(q_rule, p_rule)
+        # 3. rule + verification with keyed uniforms
+        features = None
+        if hidden:
+            features = {"draft_hidden": d_hidden, "target_hidden": fo_t.hidden}
+        res: Any = None
+        if fused is not None:
+            res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused)
+        if res is None:
+            res = verify_block(
+                drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=self.bonus,
+                uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False,
+            )
+        acc = res.accepted
+        # 4. roll back both caches: keep the pending token and the accepted drafts
+        keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
+        draft.keep_last(g + 1, keep)
+        target.keep_last(g + 1, keep)
+        n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
+        counters.add(row_ids, acc, res.defer_drafted, g)
+        if ctx.on_round is not None:
+            ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
+        ctx.rounds += 1
+        # next round's pending token: the residual / bonus draw
+        pend = res.tokens.gather(1, acc.unsqueeze(1)).squeeze(1)
+        pos = pos + acc + 1
+        gen = gen + n_out
+        verified = (acc.sum(), torch.clamp(acc + 1, max=g).sum()) if track else ()
+        return n_out, finished, bad, verified, pend, pos, gen
 
     def _target_step(
         self,
