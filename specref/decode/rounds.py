@@ -104,11 +104,15 @@ class _DirectCounters:
         ``[B, g]`` deferral at the drafted tokens."""
         cnt = self.cnt
         g = self.gamma if g is None else g
+        if g == 0:  # a plain target step: one round, one target call, nothing drafted
+            cnt.rounds[row_ids] += 1
+            cnt.target_calls[row_ids] += 1
+            return
         ar_g = self.ar_g[:g]
         reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
         n_reached = reached.sum(dim=1)
         cnt.rounds[row_ids] += 1
-        cnt.draft_calls[row_ids] += g + 1 if g else 0  # g = 0: a plain target step
+        cnt.draft_calls[row_ids] += g + 1
         cnt.target_calls[row_ids] += 1
         cnt.drafted[row_ids] += n_reached
         cnt.accepted[row_ids] += acc
@@ -129,26 +133,32 @@ class _LiveCounters:
     def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
         self.ar_col = torch.arange(gamma, device=ctx.device).unsqueeze(0)
-        # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g], draft calls
-        acc_i = torch.zeros((ctx.batch, 5 + 2 * gamma), dtype=torch.long, device=ctx.device)
+        # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g]
+        acc_i = torch.zeros((ctx.batch, 4 + 2 * gamma), dtype=torch.long, device=ctx.device)
         acc_d = torch.zeros(ctx.batch, dtype=torch.float64, device=ctx.device)
         self.live: tuple[Tensor, ...] = (acc_i, acc_d)
+        # every live row took part in every round so far (rows only leave), so their draft calls are one
+        # host-side number: no device op per round
+        self.draft_calls = 0
 
     def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
         gamma = self.gamma
         g = gamma if g is None else g
         acc_i, acc_d = self.live
+        if g == 0:  # a plain target step: one round, one target call, nothing drafted
+            acc_i[:, 0] += 1
+            return
+        self.draft_calls += g + 1
         acc_col = acc.unsqueeze(1)
         reached = self.ar_col <= acc_col
         if g < gamma:  # a shorter round: positions g.. were not drafted
             reached = reached & (self.ar_col < g)
         n_reached = reached.sum(dim=1)
         acc_i[:, 0] += 1
-        acc_i[:, 1 : 4 + 2 * gamma] += torch.cat(
+        acc_i[:, 1:] += torch.cat(
             [torch.stack([n_reached, acc, (acc < g).long()], dim=1), reached.long(), (self.ar_col < acc_col).long()],
             dim=1,
         )
-        acc_i[:, 4 + 2 * gamma] += g + 1 if g else 0  # g = 0: a plain target step
         acc_d += (defer_drafted.double() * reached[:, :g]).sum(dim=1)
 
     def flush(self, row_ids: Tensor) -> None:
@@ -156,14 +166,14 @@ class _LiveCounters:
         acc_i, acc_d = self.live
         r = acc_i[:, 0]
         cnt.rounds[row_ids] = r
-        cnt.draft_calls[row_ids] = acc_i[:, 4 + 2 * g]
+        cnt.draft_calls[row_ids] = self.draft_calls
         cnt.target_calls[row_ids] = r
         cnt.drafted[row_ids] = acc_i[:, 1]
         cnt.defer_positions[row_ids] = acc_i[:, 1]
         cnt.accepted[row_ids] = acc_i[:, 2]
         cnt.rejections[row_ids] = acc_i[:, 3]
         cnt.pos_reached[row_ids] = acc_i[:, 4 : 4 + g]
-        cnt.pos_accepted[row_ids] = acc_i[:, 4 + g : 4 + 2 * g]
+        cnt.pos_accepted[row_ids] = acc_i[:, 4 + g :]
         cnt.deferred[row_ids] = acc_d
 
 
