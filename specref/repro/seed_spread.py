@@ -73,18 +73,17 @@ def seed_spread(
     rows = list(rows)
     (avg,) = _one(summarize(rows, axis=axis, z=z, interpolate=interpolate))
     seeds = tuple(sorted({r.get("seed") for r in rows}, key=lambda s: (str(type(s)), s)))
-    # the band's width from every seed; each seed is judged at its own target quality
-    tol = z * avg.noise.se if avg.judged and avg.match_rule == "noise" else None
-    per_seed = []
+    # the band's width from every seed; each seed is judged at its own target quality (None: not judged)
+    tol = z * avg.noise.se if avg.match_rule == "noise" and math.isfinite(avg.noise.se) else None
+    per_seed = []  # one {label: MethodSummary} per seed
     for s in seeds:
         (one,) = _one(summarize([r for r in rows if r.get("seed") == s], axis=axis, z=z, interpolate=interpolate,
-                                tol=tol if tol is not None and math.isfinite(tol) else None))
-        per_seed.append((one, {m.label: m for m in one.methods}))
+                                tol=tol))
+        per_seed.append({m.label: m for m in one.methods})
     out = []
     for m in avg.methods:
-        sp = tuple(d[m.label].speedup if m.label in d else math.nan for one, d in per_seed) if tol is not None \
-            else tuple(math.nan for _ in per_seed)
-        bd = tuple(d[m.label].best_delta if m.label in d else math.nan for one, d in per_seed)
+        sp = tuple(d[m.label].speedup if m.label in d and tol is not None else math.nan for d in per_seed)
+        bd = tuple(d[m.label].best_delta if m.label in d else math.nan for d in per_seed)
         out.append(SeedSpread(m.label, m.method, seeds, m.speedup, sp, _sd(sp), m.best_quality, m.best_delta, bd,
                               _sd(bd)))
     return avg, out
