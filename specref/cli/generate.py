@@ -69,8 +69,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gamma", type=positive_int, default=DEFAULT_GAMMA,
                    help=f"drafts per round of the speculative methods (default: {DEFAULT_GAMMA})")
     p.add_argument("--gamma-policy", choices=("fixed", "adaptive"), default="fixed",
-                   help="fixed: every round drafts --gamma; adaptive: each round drafts 1..--gamma, chosen from the "
-                        "running acceptance and --cost-ratio (engines plain and fast; same law) (default: fixed)")
+                   help="fixed: every round drafts --gamma; adaptive: each round drafts 1..--gamma (0, a plain target "
+                        "step, for specdecode), chosen from the running acceptance and --cost-ratio (engines plain "
+                        "and fast; same law) (default: fixed)")
     pr = p.add_argument_group("prompts")
     pr.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch (default: none)")
     pr.add_argument("--prompt-file", help="file with one prompt per line, added to --prompt (default: none)")
