@@ -110,7 +110,7 @@ class SpecCascadeDecoder(BaseDecoder):
             gamma_policy = AdaptiveGamma()
         if gamma_policy is not None and not isinstance(gamma_policy, AdaptiveGamma):
             raise ValueError(f"gamma_policy must be None, 'adaptive' or an AdaptiveGamma, got {gamma_policy!r}")
-        #: picks each round's block size in 1..gamma (None: every round drafts gamma)
+        #: picks each round's block size in 1..gamma, or 0..gamma where pi = p (None: every round drafts gamma)
         self.gamma_policy = gamma_policy
         if bonus not in ("pi", "target"):
             raise ValueError(f"bonus must be 'pi' or 'target', got {bonus!r}")
@@ -412,9 +412,9 @@ def make_decoder(
 
     * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); ``gamma_policy``
       (None | "adaptive" | a :class:`~specref.decode.gamma_policy.AdaptiveGamma`: each round's block size
-      in ``1..gamma`` from the running acceptance and the step costs, on the ``plain`` and ``fast``
-      engines; the law is unchanged); rule options such as ``beta`` (lossy), ``weight`` (ensemble),
-      ``head`` (learned).
+      in ``1..gamma``, or ``0..gamma`` for specdecode, from the running acceptance and the step costs, on the
+      ``plain`` and ``fast`` engines; the law is unchanged); rule options such as ``beta`` (lossy),
+      ``weight`` (ensemble), ``head`` (learned).
     * ``target`` / ``draft``: autoregressive decoding with one model.
     * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
       ``max q < 1 - alpha``).
