@@ -39,6 +39,7 @@ __all__ = [
     "ModelSource",
     "check_same_vocab",
     "check_weights",
+    "load_config",
     "load_head",
     "load_model",
     "load_pair",
@@ -315,9 +316,27 @@ def _fail(src: ModelSource, role: str, err: BaseException, what: str = "model") 
     return OSError(f"could not load the {role} {what} {src.describe()!r}: {first}")
 
 
+def load_config(spec: Any, role: str = "model", progress: bool = False) -> Any:
+    """The transformers config of any spec above (no weights are read)."""
+    src = resolve_source(spec, role)
+    import transformers as tf
+
+    _gguf_import_check(src)
+    try:
+        with _progress(progress, gguf=src.kind == "gguf"):
+            return tf.AutoConfig.from_pretrained(src.path, **_kwargs(src))
+    except ImportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every loader failure becomes one line naming the checkpoint
+        raise _fail(src, role, err) from err
+
+
 def load_model(spec: Any, role: str = "model", device: str = "cpu", dtype: Any = "float32",
-               progress: bool = False) -> Any:
-    """A seq2seq or causal LM (picked from its config) on ``device`` in eval mode, from any spec above."""
+               progress: bool = False, tp_size: int = 1) -> Any:
+    """A seq2seq or causal LM (picked from its config) on ``device`` in eval mode, from any spec above.
+
+    ``tp_size`` > 1 (inside a torchrun of that many processes): this process's shard of the model, split by
+    transformers' tensor-parallel plan (:mod:`specref.sharding` says what is refused)."""
     src = resolve_source(spec, role)
     import transformers as tf
 
@@ -325,17 +344,23 @@ def load_model(spec: Any, role: str = "model", device: str = "cpu", dtype: Any =
     if src.kind in ("zoo", "folder"):
         check_weights(src.path)
     torch_dtype = resolve_dtype(dtype, device)
+    config = load_config(spec, role, progress)
     kw = _kwargs(src)
+    if tp_size > 1:
+        from specref.sharding import check_tp_config, tp_kwargs
+
+        check_tp_config(config, tp_size, role)
+        kw.update(tp_kwargs(tp_size))
     try:
         with _progress(progress, gguf=src.kind == "gguf"):
-            config = tf.AutoConfig.from_pretrained(src.path, **kw)
             auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
             model = auto.from_pretrained(src.path, config=config, dtype=torch_dtype, **kw)
     except ImportError:
         raise
     except Exception as err:  # noqa: BLE001 - every loader failure becomes one line naming the checkpoint
         raise _fail(src, role, err) from err
-    return model.to(device).eval()
+    # a sharded model is already on this rank's device (transformers placed each shard)
+    return (model if tp_size > 1 else model.to(device)).eval()
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -459,10 +484,12 @@ def _tokenizer_or_none(spec: str, role: str) -> Any:
 
 
 def load_pair(pair: str | None = None, draft: Any = None, target: Any = None, tokenizer: Any = None,
-              device: str = "auto", dtype: Any = "auto", progress: bool = False) -> LoadedPair:
+              device: str = "auto", dtype: Any = "auto", progress: bool = False, tp_size: int = 1) -> LoadedPair:
     """Load a zoo pair by name, or a draft and a target from any specs (+ an optional shared tokenizer).
 
     ``--pair P`` is exactly ``--draft P:draft --target P:target``: one code path, so the same tokens come out.
+    ``tp_size`` > 1 (inside a torchrun of that many processes): the target sharded over them, the draft whole
+    on this rank's device (``cuda`` becomes ``cuda:LOCAL_RANK``).
     """
     from specref import zoo
 
@@ -480,6 +507,16 @@ def load_pair(pair: str | None = None, draft: Any = None, target: Any = None, to
     draft, target = str(draft), str(target)
     d_src, t_src = resolve_source(draft, "draft"), resolve_source(target, "target")
     dev = resolve_device(device)
+    if tp_size > 1:
+        from specref.sharding import check_child, check_tp_device
+
+        check_tp_device(dev, tp_size)
+        check_child(tp_size)
+        if dev == "cuda":
+            import torch
+
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(torch.device(dev))
     torch_dtype = resolve_dtype(dtype, dev)
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
@@ -495,7 +532,7 @@ def load_pair(pair: str | None = None, draft: Any = None, target: Any = None, to
             dtok = tok  # one shared zoo tokenizer, loaded once
     check_same_vocab(dtok, tok)
     draft_model = load_model(draft, "draft", dev, torch_dtype, progress)
-    target_model = load_model(target, "target", dev, torch_dtype, progress)
+    target_model = load_model(target, "target", dev, torch_dtype, progress, tp_size=tp_size)
     same_zoo = d_src.kind == "zoo" and t_src.kind == "zoo" and d_src.pair == t_src.pair
     task, card, name = None, {}, None
     if same_zoo:
@@ -508,6 +545,8 @@ def load_pair(pair: str | None = None, draft: Any = None, target: Any = None, to
         provenance.update(draft_source=d_src.kind, target_source=t_src.kind)
     if tokenizer is not None:
         provenance["tokenizer"] = str(tokenizer)
+    if tp_size > 1:
+        provenance["tp_size"] = tp_size
     return LoadedPair(draft=draft_model, target=target_model, tokenizer=tok, draft_tokenizer=dtok, task=task,
                       card=card, provenance=provenance, name=name, device=dev, dtype=torch_dtype)
 

@@ -29,6 +29,7 @@ __all__ = [
     "add_engine",
     "add_plugins",
     "add_progress",
+    "add_tp_size",
     "add_reproduce_arguments",
     "float_tuple",
     "fraction",
@@ -160,6 +161,14 @@ def add_engine(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                         f"'fast' on a CPU (docs/performance.md) (default: {DEFAULT_ENGINE})")
 
 
+def add_tp_size(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--tp-size", type=positive_int, default=1, metavar="N",
+                   help="shard the target over N processes with transformers' tensor parallelism (one GPU each "
+                        "with --device cuda, gloo processes on a CPU), re-launching through torchrun; the draft "
+                        "runs whole on every rank, the tokens equal a one-process run's up to kernel rounding; "
+                        "decoder-only targets, engines plain, fast and static (default: 1, not sharded)")
+
+
 def add_cost_ratio(p: argparse.ArgumentParser | argparse._ArgumentGroup, default_help: str) -> None:
     p.add_argument("--cost-ratio", type=nonneg_float, default=None, metavar="C",
                    help=f"draft/target step cost c of the modeled latency (default: {default_help})")
@@ -222,6 +231,7 @@ def add_reproduce_arguments(p: argparse.ArgumentParser, default_sweep: str = "ma
                    help="data split (default: test)")
     add_device(s)
     add_engine(s)
+    add_tp_size(s)
     s.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default on cpu: 1 - the zoo models are too small to gain from more, "
                         "and extra threads contend badly on a busy machine)")

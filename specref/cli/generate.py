@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -34,6 +35,7 @@ from specref.options import (
     add_dtype,
     add_engine,
     add_plugins,
+    add_tp_size,
     finite_float,
     nonneg_float,
     nonneg_int,
@@ -60,6 +62,7 @@ def register(subparsers: Any) -> None:
                                        "its pair's)")
     add_device(m)
     add_dtype(m)
+    add_tp_size(m)
     p.add_argument("--rule", "--method", dest="rule", default="specdecode", metavar="METHOD",
                    help=f"deferral rule or decoding method: {', '.join(METHODS)}, or a rule registered by a "
                         "--plugin; the cascade rules need --alpha (default: specdecode, lossless)")
@@ -178,6 +181,26 @@ def apply_template(pair: Any, prompts: list[str], raw: bool) -> tuple[list[str],
                        f"({pair.task.prompt_template!r}); --raw-prompt to send prompts as given")
 
 
+def _sharded_launch(args: argparse.Namespace) -> int | None:
+    """With ``--tp-size N`` outside torchrun: check what can be checked without weights, then re-launch as N
+    processes (their exit code); inside those processes, or without ``--tp-size``: None (run here)."""
+    from specref import sharding
+
+    if args.tp_size <= 1:
+        return None
+    sharding.check_tp_engine(args.engine, args.tp_size)
+    if os.environ.get(sharding.CHILD_ENV) is not None or sharding.tp_world() > 1:
+        return None
+    from specref.loading import load_config, resolve_device
+
+    sharding.check_tp_device(resolve_device(args.device), args.tp_size)
+    target = args.target if args.pair is None else f"{args.pair}:target"
+    sharding.check_tp_config(load_config(target, "target"), args.tp_size)
+    if not getattr(args, "argv", None):  # without the command line every other option would be lost
+        raise ValueError("--tp-size re-launches the command line: run it through `specref` (specref.cli.main)")
+    return sharding.relaunch(args.argv, "specref", args.tp_size)
+
+
 def run(args: argparse.Namespace) -> int:
     from specref.decode import all_methods, make_decoder
     from specref.loading import load_pair
@@ -190,11 +213,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --pair NAME, or both --draft and --target (model folders, zoo names PAIR:draft / "
                          "PAIR:target, .gguf files or hub ids)")
     opts = _options(args)
+    code = _sharded_launch(args)
+    if code is not None:
+        return code
     pair = load_pair(args.pair, args.draft, args.target, tokenizer=args.tokenizer, device=args.device,
-                     dtype=args.dtype, progress=getattr(args, "verbose", False))
+                     dtype=args.dtype, progress=getattr(args, "verbose", False), tp_size=args.tp_size)
     tok = pair.tokenizer
     model_prompts, note = apply_template(pair, prompts, args.raw_prompt)
-    if note:
+    if note and int(os.environ.get("RANK", "0")) == 0:
         print(note, file=sys.stderr)
     dec = make_decoder(pair.draft, pair.target, args.rule, alpha=args.alpha, gamma=args.gamma, tokenizer=tok,
                        draft_tokenizer=pair.draft_tokenizer, c=args.cost_ratio, engine=args.engine, **opts)
@@ -209,6 +235,13 @@ def run(args: argparse.Namespace) -> int:
     summary = out.stats.summary()
     summary.update({"gamma": dec.gamma, "device": pair.device, "dtype": str(pair.dtype).split(".")[-1],
                     "engine": args.engine, "prompt_template": note is not None})
+    if args.tp_size > 1:
+        from specref import sharding
+
+        sharding.check_ranks_agree(out.token_lists())
+        summary["tp_size"] = args.tp_size
+        if sharding.tp_rank() != 0:  # every rank holds the same answer; one prints it
+            return 0
     if args.json:
         obj: dict[str, Any] = {"texts": texts, "tokens": out.token_lists(), "stats": summary}
         if args.per_row:

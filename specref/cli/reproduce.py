@@ -30,8 +30,9 @@ def register(subparsers: Any) -> None:
 
 
 def _without_procs(argv: list[str]) -> list[str]:
-    """The options after ``reproduce`` with ``--procs N`` / ``--procs=N`` removed."""
-    rest = argv[argv.index("reproduce") + 1:] if "reproduce" in argv else list(argv)
+    """The options after ``reproduce`` (or ``sweep``) with ``--procs N`` / ``--procs=N`` removed."""
+    cmd = next((c for c in ("reproduce", "sweep") if c in argv), None)
+    rest = argv[argv.index(cmd) + 1:] if cmd is not None else list(argv)
     out, skip = [], False
     for tok in rest:
         if skip:
@@ -72,12 +73,40 @@ def _relaunch(args: argparse.Namespace, device: str) -> int:
     return subprocess.run(cmd).returncode
 
 
+def _sharded_relaunch(args: argparse.Namespace, device: str) -> int:
+    """``--tp-size N``: check what can be checked without weights, then run the sweep as N torchrun processes
+    sharing one sharded target (:mod:`specref.sharding`; every rank decodes every batch, rank 0 writes)."""
+    from specref import sharding
+    from specref.loading import load_config
+    from specref.repro.setups import check_built, select_setups
+
+    n = args.tp_size
+    if getattr(args, "procs", 1) > 1:
+        raise ValueError(f"--procs {args.procs} with --tp-size {n}: a sweep is either spread over processes "
+                         "(--procs) or run once over a sharded target (--tp-size), not both")
+    sharding.check_tp_engine(args.engine, n)
+    sharding.check_tp_device(device, n)
+    if args.standin:
+        raise ValueError(f"--tp-size {n} shards a loaded target; --standin builds its models in the run "
+                         "(use --tp-size 1)")
+    setups = select_setups(args.task, args.pair, args.config, args.standin)
+    check_built(setups, args.standin)
+    for setup in setups:
+        sharding.check_tp_config(load_config(setup.target, "target"), n)
+    if not getattr(args, "argv", None):  # without the command line every other option would be lost
+        raise ValueError("--tp-size re-launches the command line: run it through `specref` (specref.cli.main)")
+    # `specref sweep` is reproduce with another default --sweep: the workers get it spelled out
+    return sharding.relaunch(_without_procs(args.argv), "specref.repro.distributed", n, ["--sweep", args.sweep])
+
+
 def run(args: argparse.Namespace) -> int:
     from specref.repro.reproduce import config_from_args, reproduce
 
     t0 = time.perf_counter()
     cfg = config_from_args(args)
     device = _device(args.device)
+    if args.tp_size > 1:
+        return _sharded_relaunch(args, device)
     if getattr(args, "procs", 1) > 1:
         return _relaunch(args, device)
     if args.threads is not None or device == "cpu":

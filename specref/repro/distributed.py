@@ -119,8 +119,12 @@ def _dist() -> tuple[Any, int, int, int]:
 
 
 def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = None, engine: str = "plain",
-                    backend: Any = None) -> tuple[Any, dict[str, Any]]:
+                    backend: Any = None, tp_size: int = 1) -> tuple[Any, dict[str, Any]]:
     """Decode ``setup``'s pending sweep across the ranks; on rank 0 write it exactly as ``reproduce`` would.
+
+    ``tp_size`` > 1: the ranks hold shards of one target (:mod:`specref.sharding`), so every rank decodes every
+    item together with the others (their forwards meet in the target's collectives) and rank 0 writes its own
+    results, once the ranks' predictions are checked to be identical.
 
     Returns ``(ReproResult or None on other ranks, timing)``. ``backend`` (tests) replaces the HF backend.
     """
@@ -139,7 +143,7 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
     if backend is None:
         from specref.repro.hf import HFBackend
 
-        backend = HFBackend.from_setup(setup, device=device, head=head, engine=engine)
+        backend = HFBackend.from_setup(setup, device=device, head=head, engine=engine, tp_size=tp_size)
     elif head is not None:
         backend.head = head
     points, _ = sweep_plan(r, cfg, head is not None or getattr(backend, "head", None) is not None)
@@ -153,7 +157,7 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
     chunks = plan(examples, info.batch_size) if plan is not None else [list(range(len(examples)))]
     items = [(i, c) for i in range(len(requests)) for c in range(len(chunks))]
     costs = [_WEIGHT.get(requests[i].method, 1.5) * len(chunks[c]) for i, c in items]
-    owner = assign(costs, world)
+    owner = [rank] * len(items) if tp_size > 1 else assign(costs, world)
     mine = [it for it, o in zip(items, owner) if o == rank]
     backend.warmup()
     t0 = time.perf_counter()
@@ -163,7 +167,12 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
     decode_s = time.perf_counter() - t0
     local = {"rank": rank, "device": str(getattr(backend, "device", device)), "items": len(mine),
              "decode_seconds": decode_s}
-    if dist is not None:
+    if tp_size > 1:
+        from specref.sharding import check_ranks_agree
+
+        check_ranks_agree([done[k].predictions for k in sorted(done)], "predictions")
+        gathered = [(done, local)]
+    elif dist is not None:
         gathered: list[Any] = [None] * world if rank == 0 else None
         dist.gather_object((done, local), gathered, dst=0)
     else:
@@ -201,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     add_reproduce_arguments(p)
     p.add_argument("--timing-json", default=None, help="write per-rank decode times here (rank 0)")
     args = p.parse_args(argv)
-    dist, rank, world, local_rank = _dist()
+    tp = args.tp_size > 1
+    if tp:  # transformers sets up the process group for the shards (nccl on GPUs), when it loads the target
+        dist, rank, world, local_rank = None, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), 0
+    else:
+        dist, rank, world, local_rank = _dist()
     try:  # every rank registers the plugin rules before the setups name them
         from specref import plugins
 
@@ -213,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         device = resolve_device(args.device)
-        if device == "cuda":
+        if tp:
+            from specref.sharding import check_child, check_tp_device, check_tp_engine
+
+            check_tp_engine(args.engine, args.tp_size)
+            check_tp_device(device, args.tp_size)
+            check_child(args.tp_size)
+        elif device == "cuda":
             device = resolve_device(f"cuda:{local_rank}")  # one device per rank
     except ValueError as err:
         print(f"specref.repro.distributed (rank {rank}): error: {err}", file=sys.stderr)
@@ -222,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and not tp:  # a sharded load binds each rank to its GPU itself
         torch.cuda.set_device(torch.device(device))
     if args.threads is not None or device == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -235,15 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         check_built(setups, args.standin)
         timings = []
         for setup in setups:
-            result, timing = run_distributed(setup, args.out, cfg, device, head, args.engine)
+            result, timing = run_distributed(setup, args.out, cfg, device, head, args.engine, tp_size=args.tp_size)
             timings.append({"setup": setup.name, **timing})
             if rank == 0 and result is not None:
                 print(result.table)
                 rep = result.report
-                print(f"\n{rep.decoded} decodes on {world} rank(s), {rep.written} new rows, {rep.skipped} rows already "
+                how = f"one target sharded over {world} ranks" if tp else f"{world} rank(s)"
+                print(f"\n{rep.decoded} decodes on {how}, {rep.written} new rows, {rep.skipped} rows already "
                       f"in {result.out_dir / 'points.csv'}")
-                print(f"decode phase: {timing['decode_seconds_max']:.2f} s (slowest rank), "
-                      f"{timing['decode_seconds_sum']:.2f} s summed over ranks", file=sys.stderr)
+                if tp:
+                    print(f"decode phase: {timing['decode_seconds_max']:.2f} s", file=sys.stderr)
+                else:
+                    print(f"decode phase: {timing['decode_seconds_max']:.2f} s (slowest rank), "
+                          f"{timing['decode_seconds_sum']:.2f} s summed over ranks", file=sys.stderr)
         if rank == 0 and args.timing_json:
             with open(args.timing_json, "w") as fh:
                 json.dump(timings, fh, indent=1)
@@ -252,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"specref.repro.distributed (rank {rank}): error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     finally:
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
     return 0
 
 

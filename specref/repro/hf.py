@@ -79,15 +79,20 @@ class HFBackend:
 
     @classmethod
     def from_setup(cls, setup: Setup, device: str = "cpu", cost_ratio: float | None = None,
-                   head: Any = None, engine: str = "plain") -> HFBackend:
+                   head: Any = None, engine: str = "plain", tp_size: int = 1) -> HFBackend:
         """Load (or, for stand-ins, build) the setup's models on ``device`` through :mod:`specref.loading`.
 
         ``draft`` / ``target`` / ``tokenizer`` may be model folders, zoo names, .gguf files or hub ids; the
         tokenizer and each model's own tokenizer (where it has one) must share one token->id map.
+        ``tp_size`` > 1 (inside a torchrun of that many processes): the target sharded over them
+        (:mod:`specref.sharding`).
         """
         from specref.loading import load_pair, load_tokenizer, resolve_device
 
         device = resolve_device(device)
+        if setup.is_standin and tp_size > 1:
+            raise ValueError(f"--tp-size {tp_size} shards a loaded target; --standin builds its models in the run "
+                             "(use --tp-size 1)")
         if setup.is_standin:
             tokenizer = load_tokenizer(setup.tokenizer)
             draft = build_standin_model(setup.draft, setup.family, tokenizer, setup.standin_seed)
@@ -95,8 +100,8 @@ class HFBackend:
             draft, target = draft.to(device), target.to(device)
         else:
             pair = load_pair(draft=setup.draft, target=setup.target, tokenizer=setup.tokenizer, device=device,
-                             dtype=setup.dtype)
-            draft, target, tokenizer = pair.draft, pair.target, pair.tokenizer
+                             dtype=setup.dtype, tp_size=tp_size)
+            draft, target, tokenizer, device = pair.draft, pair.target, pair.tokenizer, pair.device
             family = "seq2seq" if getattr(target.config, "is_encoder_decoder", False) else "causal"
             if family != setup.family:
                 raise ValueError(f"setup {setup.name!r} says models.family {setup.family}, but the target "
