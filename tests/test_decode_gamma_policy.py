@@ -1,7 +1,8 @@
 """Block-size policies (specref.decode.gamma_policy): the choice itself, and that the decoder's law does not
-change when the block size varies between rounds (chi-square against exact enumeration, with a negative
-controls: a shorter round keying its uniforms at the wrong positions, and a plain target step drawing with the
-next position's uniform, which the same test must reject)."""
+change when the block size varies between rounds (chi-square against exact enumeration on the dynamic and
+static engines, with negative controls: a shorter round keying its uniforms at the wrong positions, and a plain
+target step drawing with the next position's uniform, which the same test must reject); the static engines
+give the fast engine's tokens and counters under a policy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from unittest import mock
 import pytest
 import torch
 from test_decode_exact import LEVEL, SEED, N, combined_gof, report, rule_refs, sample
+from test_decode_fast import _assert_same
 
 from specref import rules
 from specref.decode import SpecCascadeDecoder, make_decoder
@@ -56,12 +58,35 @@ def test_bad_policy_settings_are_refused(field, value):
 
 def test_decoder_refuses_what_a_policy_cannot_do():
     draft, target = toy_pair("llama")
-    with pytest.raises(ValueError, match="captures one block size"):
-        make_decoder(draft, target, "opt", alpha=0.5, engine="static", gamma_policy="adaptive")
     with pytest.raises(ValueError, match="speculative methods"):
         make_decoder(draft, target, "target", gamma_policy="adaptive")
     with pytest.raises(ValueError, match="gamma_policy must be"):
         make_decoder(draft, target, "opt", alpha=0.5, gamma_policy="sometimes")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fixed(AdaptiveGamma):
+    """Always the same answer, whatever it is."""
+
+    answer: object = 0
+
+    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0):
+        return self.answer
+
+
+@pytest.mark.parametrize("method,answer,engine,match", [
+    ("opt", 0, "fast", "integer in 1..3"),  # g = 0 only where pi = p
+    ("specdecode", 4, "fast", "integer in 0..3"),
+    ("specdecode", 2.0, "plain", "integer in 0..3"),
+    ("specdecode", 0, "static", "at most probe_every = 2"),  # a static draft keeps room for probe_every skips
+])
+def test_a_block_size_out_of_range_is_refused(method, answer, engine, match):
+    draft, target = toy_pair("llama")
+    dec = make_decoder(draft, target, method, alpha=0.5 if method == "opt" else None, gamma=3, engine=engine,
+                       gamma_policy=_Fixed(answer=answer, probe_every=2))
+    ids, mask = ragged_batch(TOY_PROMPTS, 2)
+    with pytest.raises(ValueError, match=match):
+        dec.generate(ids, mask, max_new_tokens=12, seed=0, no_eos=True)
 
 
 # ---- the law does not change ------------------------------------------------------------------------------------
@@ -81,9 +106,14 @@ class Cycling(AdaptiveGamma):
 CASES = [("specdecode", None, {}), ("lossy", 0.3, {}), ("opt", 0.5, {}), ("token_v3", 0.6, {})]
 
 
+# every case on the dynamic engines; SpecDecode (with g = 0) and a cascade rule on the static ones (``graph``
+# runs eagerly on a CPU; its graph bookkeeping under a policy is tested in test_decode_static.py)
+LAW_CASES = [(*c, e) for e in ("plain", "fast") for c in CASES] + [
+    (*c, e) for e in ("static", "graph") for c in CASES if c[0] in ("specdecode", "token_v3")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["plain", "fast"])
-@pytest.mark.parametrize("method,alpha,options", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("method,alpha,options,engine", LAW_CASES, ids=[f"{c[0]}-{c[3]}" for c in LAW_CASES])
 def test_varying_block_sizes_keep_the_exact_law(method, alpha, options, engine):
     gamma = 3
     seq = sample("llama", method, alpha, gamma=gamma, engine=engine, gamma_policy=Cycling(), **options)
@@ -134,6 +164,31 @@ def test_fast_and_plain_engines_agree_under_a_policy():
         assert torch.equal(getattr(outs[0].stats, name), getattr(outs[1].stats, name)), name
 
 
+# every row runs to the limit, so the draft lags by up to probe_every tokens more than once
+AGREE_CASES = [("token_v3", 0.6, Cycling()), ("specdecode", None, Cycling()),
+               ("specdecode", None, AdaptiveGamma(c=2.0, probe_every=9)),  # 9 skipped tokens: 3 catch-up chunks
+               ("specdecode", None, AdaptiveGamma(c=0.2, prior_weight=1.0, probe_every=4))]
+
+
+@pytest.mark.parametrize("method,alpha,policy", AGREE_CASES, ids=[f"{c[0]}-{type(c[2]).__name__}-{c[2].c}"
+                                                                   for c in AGREE_CASES])
+def test_static_engines_agree_with_fast_under_a_policy(method, alpha, policy):
+    """Token for token and counter for counter: the static engines take the same block sizes, and a draft
+    that lagged behind reads the skipped tokens in gamma + 1-wide chunks instead of one forward."""
+    draft, target = toy_pair("llama")
+    ids, mask = ragged_batch(TOY_PROMPTS, 6)
+    outs = {e: make_decoder(draft, target, method, alpha=alpha, gamma=3, engine=e, gamma_policy=policy)
+            .generate(ids, mask, max_new_tokens=40, seed=list(range(5, 11)), no_eos=True, temperature=0.8)
+            for e in ("fast", "static", "graph")}
+    ref = outs["fast"]
+    if isinstance(policy, Cycling) or policy.c == 2.0:
+        assert len(ref.stats.gamma_rounds) >= 2
+    for e in ("static", "graph"):
+        _assert_same(outs[e], ref, exact_float=False)
+        assert outs[e].stats.summary()["gamma_rounds"] == ref.stats.summary()["gamma_rounds"]
+        assert outs[e].stats.summary()["mean_gamma"] == ref.stats.summary()["mean_gamma"]
+
+
 # ---- negative control: uniforms keyed at the wrong positions when a round is shorter ---------------------------
 
 
@@ -167,15 +222,16 @@ class _TargetStepWrongUniform(SpecCascadeDecoder):
 
 
 @pytest.mark.slow
-def test_negative_control_a_target_step_reusing_a_uniform_is_rejected():
+@pytest.mark.parametrize("engine", ["plain", "graph"])
+def test_negative_control_a_target_step_reusing_a_uniform_is_rejected(engine):
     gamma = 3
     draft, target = toy_pair("llama")
-    dec = make_decoder(draft, target, "specdecode", gamma=gamma, gamma_policy=Cycling())
+    dec = make_decoder(draft, target, "specdecode", gamma=gamma, gamma_policy=Cycling(), engine=engine)
     dec.__class__ = _TargetStepWrongUniform
     ids, mask = ragged_batch(TOY_PROMPTS, N)
     seq = dec.generate(ids, mask, max_new_tokens=3, seed=SEED).sequences
     res = combined_gof(seq, rule_refs("llama", rules.get("specdecode"), gamma=gamma))
-    report("negative control: target step with the next position's uniform", res)
+    report(f"negative control: target step with the next position's uniform ({engine})", res)
     assert res.p_value < LEVEL, res
 
 

@@ -61,10 +61,9 @@ def test_static_engine_with_one_model_as_draft_and_target():
     assert outs[1].stats.acceptance_rate == 1.0
 
 
-def test_graph_engine_bookkeeping_with_a_simulated_capture(monkeypatch):
+def _simulate_graphs(monkeypatch):
     """The CUDA-graph path on a CPU: 'capture' records the step, 'replay' recomputes it INTO the static output
-    (so outputs alias across replays, as on a GPU). Checks the static-input copies, warm-up calls, dead rows
-    and output aliasing against the plain decoder."""
+    (so outputs alias across replays, as on a GPU). Returns the replay counter."""
     from specref.decode import static
 
     original_init = static.StaticEngine.__init__
@@ -87,6 +86,15 @@ def test_graph_engine_bookkeeping_with_a_simulated_capture(monkeypatch):
 
     monkeypatch.setattr(static.StaticEngine, "__init__", init)
     monkeypatch.setattr(static.StaticEngine, "_capture", fake_capture)
+    return replays
+
+
+def test_graph_engine_bookkeeping_with_a_simulated_capture(monkeypatch):
+    """Checks the static-input copies, warm-up calls, dead rows and output aliasing against the plain
+    decoder."""
+    from specref.decode import static
+
+    replays = _simulate_graphs(monkeypatch)
     static.clear_static_engines()
     for method, alpha in (("token_v3", 0.6), ("target", None)):
         ref = _decode("llama", method, alpha, {}, "plain", 1.0, rows=6, max_new=20)
@@ -94,4 +102,72 @@ def test_graph_engine_bookkeeping_with_a_simulated_capture(monkeypatch):
         assert len(set(out.lengths.tolist())) > 1  # rows finished at different rounds: dead rows exercised
         _assert_same(out, ref, exact_float=False)
     assert replays["n"] > 5
+    static.clear_static_engines()
+
+
+# ---- block-size policies: one graph per width used, and room for a draft that lagged behind -------------------
+
+
+def _policy_decode(engine, policy, rows=5, max_new=40, method="specdecode"):
+    draft, target = toy_pair("llama")
+    dec = make_decoder(draft, target, method, alpha=0.6 if method == "token_v3" else None, gamma=3, engine=engine,
+                       gamma_policy=policy)
+    ids, mask = ragged_batch(PROMPTS, rows)
+    return dec.generate(ids, mask, max_new_tokens=max_new, seed=list(range(10, 10 + rows)), no_eos=True)
+
+
+def test_graph_engine_under_a_policy_captures_one_graph_per_width_used(monkeypatch):
+    """Each block size the policy takes gets its graph the first time it is taken (none for the others), and
+    a draft that lagged behind catches up in chunks of at most gamma + 1 tokens: both models stay within the
+    gamma + 1 widths 1..gamma + 1. Tokens and counters equal the fast engine's."""
+    from specref.decode import static
+    from specref.decode.gamma_policy import AdaptiveGamma
+
+    replays = _simulate_graphs(monkeypatch)
+    draft, target = toy_pair("llama")
+    for method, policy in (("specdecode", AdaptiveGamma(c=2.0, probe_every=9)),
+                           ("token_v3", AdaptiveGamma(c=0.05, prior_weight=1.0))):
+        static.clear_static_engines()
+        ref = _policy_decode("fast", policy, method=method)
+        out = _policy_decode("graph", policy, method=method)
+        _assert_same(out, ref, exact_float=False)
+        used = out.stats.gamma_rounds
+        assert len(used) >= 2, used
+        (t_eng,) = static._ENGINES[target].values()
+        (d_eng,) = static._ENGINES[draft].values()
+        assert set(t_eng.graphs) == {g + 1 for g in used}  # lazily: only the widths taken
+        assert set(d_eng.graphs) <= set(range(1, 5)) and 1 in d_eng.graphs
+        if method == "specdecode":  # 9 skipped tokens and the pending one: chunks of 4, 4 and 2
+            assert 0 in used and {4, 2} <= set(d_eng.graphs)
+        for eng in (t_eng, d_eng):
+            for g in eng.graphs.values():
+                assert (g.graph is not None) == (g.calls > static.WARMUP_CALLS)
+    assert replays["n"] > 20
+    static.clear_static_engines()
+
+
+def test_a_lagging_draft_fits_the_tightest_static_capacity(monkeypatch):
+    """After g = 0 rounds the draft's round appends the skipped tokens too: its session keeps room for
+    probe_every of them, so even the tightest capacity the decoder could ask for (prompt + output + 1, no
+    rounding) compacts in time instead of overflowing."""
+    from specref.decode import decoder, static
+    from specref.decode.gamma_policy import AdaptiveGamma
+
+    calls = []
+    original = static.StaticEngine.compact
+
+    def counting(self, length, new_len):
+        calls.append((length, new_len))
+        return original(self, length, new_len)
+
+    monkeypatch.setattr(static.StaticEngine, "compact", counting)
+    monkeypatch.setattr(static, "_round_up", lambda x, m=128: x)
+    monkeypatch.setattr(decoder.SpecCascadeDecoder, "_capacity", lambda self, width, max_new: width + max_new + 1)
+    static.clear_static_engines()
+    for policy in (AdaptiveGamma(c=2.0, probe_every=9), AdaptiveGamma(c=0.2, prior_weight=1.0, probe_every=4)):
+        ref = _policy_decode("fast", policy, max_new=56)
+        out = _policy_decode("static", policy, max_new=56)
+        _assert_same(out, ref, exact_float=False)
+        assert out.stats.gamma_rounds.get(0, 0) >= 8
+    assert calls, "the capacity never ran out: compaction untested"
     static.clear_static_engines()

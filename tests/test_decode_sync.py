@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from specref.decode import make_decoder
+from specref.decode.gamma_policy import AdaptiveGamma
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 
 SETUP = 8  # prompt validation and context checks, once per call
@@ -49,18 +50,27 @@ def count_syncs(monkeypatch):
         ("llama", "specdecode", None, {"gamma_policy": "adaptive", "c": 0.3}),  # the policy reads the same sync
         ("llama", "specdecode", None, {"gamma_policy": "adaptive", "c": 2.0}),  # plain target steps (g = 0)
         ("t5", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "fast", "c": 0.05}),
+        # static engines: a block shape per g, and a lagging draft's catch-up in chunks (4 skipped tokens: 4 + 1)
+        ("llama", "specdecode", None, {"gamma_policy": "adaptive", "engine": "static", "c": 0.3}),
+        ("llama", "specdecode", None, {"gamma_policy": AdaptiveGamma(c=2.0, probe_every=4), "engine": "graph",
+                                       "eos": None}),
+        ("llama", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "graph", "c": 0.05}),
     ],
 )
 def test_one_host_sync_per_round(count_syncs, family, method, alpha, opts):
     draft, target = toy_pair(family)
+    opts = dict(opts)
+    eos = opts.pop("eos", 7)
     dec = make_decoder(draft, target, method, alpha=alpha, gamma=3, **opts)
     ids, mask = ragged_batch(TOY_PROMPTS + ((3,), (2, 2, 5, 1)), 4)
     count_syncs["on"] = True
-    out = dec.generate(ids, mask, max_new_tokens=12, seed=0, eos_token_id=7)
+    out = dec.generate(ids, mask, max_new_tokens=12, seed=0, eos_token_id=eos, no_eos=eos is None)
     count_syncs["on"] = False
     extra = 2 if method == "seq_cascade" else 0  # its phase boundary (nonzero + the sub-batch's width)
     assert out.stats.num_rounds >= 3
     assert count_syncs["n"] <= out.stats.num_rounds + SETUP + extra, (count_syncs["n"], out.stats.num_rounds)
+    if isinstance(opts.get("gamma_policy"), AdaptiveGamma):  # the probe round after 4 plain target steps ran
+        assert out.stats.gamma_rounds[0] >= 4 and out.stats.gamma_rounds.get(1, 0) >= 1, out.stats.gamma_rounds
 
 
 # ---- syncs hidden inside C++ ops -------------------------------------------------------------------------
@@ -127,8 +137,18 @@ def test_sync_op_detector_catches_hidden_syncs():
 @pytest.mark.parametrize("engine", ["plain", "fast", "static", "graph"])
 @pytest.mark.parametrize("method,alpha", [("specdecode", None), ("token_v3", 0.6), ("target", None)])
 def test_no_sync_inside_ops_of_a_round(engine, method, alpha):
+    _no_sync_inside_ops(engine, method, alpha, {})
+
+
+@pytest.mark.parametrize("engine", ["fast", "static", "graph"])
+@pytest.mark.parametrize("method,alpha,c", [("specdecode", None, 0.3), ("token_v3", 0.6, 0.05)])
+def test_no_sync_inside_ops_of_a_round_under_a_policy(engine, method, alpha, c):
+    _no_sync_inside_ops(engine, method, alpha, {"gamma_policy": "adaptive", "c": c})
+
+
+def _no_sync_inside_ops(engine, method, alpha, opts):
     draft, target = toy_pair("llama")
-    dec = make_decoder(draft, target, method, alpha=alpha, gamma=3, engine=engine)
+    dec = make_decoder(draft, target, method, alpha=alpha, gamma=3, engine=engine, **opts)
     ids, mask = ragged_batch(TOY_PROMPTS + ((3,), (2, 2, 5, 1)), 4)
     det = _SyncOps()
     with det.mode:

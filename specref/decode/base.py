@@ -247,6 +247,10 @@ class BaseDecoder:
     def _block(self) -> int:
         return 1
 
+    def _reserve(self, ad: ModelAdapter) -> int:
+        """The most KV slots one round appends to ``ad``'s session (static engines keep that much free)."""
+        return self._block()
+
     def _stat_params(self) -> dict[str, Any]:
         """The method's parameters as printed by ``stats.summary()`` (alpha first)."""
         return {"alpha": getattr(self, "alpha", None)}
@@ -384,7 +388,7 @@ class BaseDecoder:
     def _start(self, ad: ModelAdapter, ctx: CallContext, ids: Tensor, mask: Tensor) -> tuple[KVSession, Tensor, Tensor]:
         """Prefill ``ad`` on the prompts: ``(session, pending token [B], its position [B])``."""
         cap = self._capacity(ids.shape[1], ctx.max_new)
-        session, pending, pos = ad.start(ids, mask, self.vocab, cap, engine=self.engine_spec, reserve=self._block())
+        session, pending, pos = ad.start(ids, mask, self.vocab, cap, engine=self.engine_spec, reserve=self._reserve(ad))
         session.profiler = ctx.profiler
         if ad.is_seq2seq or ids.shape[1] > 1:
             ctx.prefill_forwards += 1  # the encoder, or the prompt minus its last token

@@ -28,6 +28,7 @@ A round, for every row at once (THEORY.md section 7):
 from __future__ import annotations
 
 from functools import partial
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -133,9 +134,8 @@ class SpecCascadeDecoder(BaseDecoder):
         if self.wants_hidden and self.engine_spec.static_shapes:
             raise ValueError(f"engine {self.engine!r} does not return hidden states, which this head needs: use 'fast'")
         self._fused_kind = fused_kind(self.rule)
-        if gamma_policy is not None and self.engine_spec.static_shapes:
-            raise ValueError(f"engine {self.engine!r} captures one block size; gamma_policy needs engine 'plain' or "
-                             "'fast'")
+        #: rounds may skip the draft (g = 0, a plain target step): a policy and a rule whose pi is p
+        self._zero_ok = gamma_policy is not None and self.rule.pi_is_target
 
     def __repr__(self) -> str:
         return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
@@ -156,6 +156,14 @@ class SpecCascadeDecoder(BaseDecoder):
     def _block(self) -> int:
         return self.gamma + 1
 
+    def _reserve(self, ad: Any) -> int:
+        """Slots one round may append to ``ad``'s session. After ``g = 0`` rounds the draft's next round
+        also reads the skipped tokens, at most the policy's ``probe_every`` of them (static engines keep
+        that much room free)."""
+        if self._zero_ok and ad is self.draft:
+            return self._block() + self.gamma_policy.probe_every
+        return self._block()
+
     def _run(self, ctx: CallContext) -> None:
         """The speculative round loop of every engine; what differs per engine is the :class:`RoundPlan`
         (uniforms, non-finite checks, fused or reference verification, counters, cache summaries)."""
@@ -167,7 +175,10 @@ class SpecCascadeDecoder(BaseDecoder):
         accepted_so_far = verified_so_far = 0  # the policy's running acceptance, read in the round's sync
         # g = 0 rounds (a plain target step) only where pi = p; the draft then lags behind the target, so
         # the two caches no longer share one summary
-        zero_ok = policy is not None and self.rule.pi_is_target
+        zero_ok = self._zero_ok
+        low = 0 if zero_ok else 1
+        # a static draft session keeps room for at most probe_every skipped tokens (``_reserve``)
+        max_lag = policy.probe_every if zero_ok and self.engine_spec.static_shapes else None
         since_draft = 0
         shared = plan.shared_summary and not zero_ok
         draft, pend, pos = self._start(self.draft, ctx, ctx.input_ids, ctx.mask)
@@ -185,6 +196,13 @@ class SpecCascadeDecoder(BaseDecoder):
                 prof.round_begin()
             if policy is not None:  # this round's block size, from what earlier rounds did
                 g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft)
+                if isinstance(g, bool) or not isinstance(g, Integral) or not low <= g <= self.gamma:
+                    raise ValueError(f"{type(policy).__name__}.choose returned {g!r}; a block size must be an "
+                                     f"integer in {low}..{self.gamma}")
+                g = int(g)
+                if g == 0 and max_lag is not None and since_draft >= max_lag:
+                    raise ValueError(f"{type(policy).__name__}.choose returned 0 after {since_draft} rounds without "
+                                     f"drafts; on engine {self.engine!r} at most probe_every = {max_lag} in a row")
                 ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
                 since_draft = since_draft + 1 if g == 0 else 0
             if g == 0:  # a plain target step: pi = p at the pending position, drawn as a bonus would be
@@ -329,6 +347,8 @@ class SpecCascadeDecoder(BaseDecoder):
         if lag is not None and lag.shape[1]:
             tok = torch.cat([lag, tok], dim=1)
             first_pos = pos.unsqueeze(1) + torch.arange(-lag.shape[1], 1, device=pos.device)
+            if self.engine_spec.static_shapes:
+                tok, first_pos = self._catch_up(draft, tok, first_pos)
         q_list, qr_list, d_list, dh_list = [], [], [], []
         bad = None
         for i in range(g + 1):
@@ -350,6 +370,22 @@ class SpecCascadeDecoder(BaseDecoder):
         q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
         d_hidden = torch.stack(dh_list, dim=1) if dh_list else None
         return torch.stack(d_list, dim=1), q, q_rule, d_hidden, bad
+
+    def _catch_up(self, draft: Any, tok: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Static engines: feed all but the last ``gamma + 1``-wide chunk of ``tok`` / ``positions``
+        ``[B, n]`` (the skipped tokens and the pending one) to the draft, and return that last chunk.
+
+        Every forward of a static session is one captured graph or compiled shape per width, so the catch-up
+        runs in chunks of at most ``gamma + 1`` tokens: with the one-token steps, the draft's widths stay
+        within the ``gamma + 1`` the target's blocks may take (a single forward of ``n`` tokens would add up
+        to ``probe_every`` widths, each a graph capture or a recompilation). Only the last chunk's logits are
+        read, so the chunks' logits are the same up to rounding as one forward's. The statistics count the
+        catch-up as one draft call, as on the dynamic engines (the cost model's call, not the engine's)."""
+        width, n = self.gamma + 1, tok.shape[1]
+        last = n - width * ((n - 1) // width)  # 1..width tokens left for the step that reads q
+        for s in range(0, n - last, width):
+            draft.forward(tok[:, s : s + width], positions[:, s : s + width])
+        return tok[:, n - last :], positions[:, n - last :]
 
     def _record(
         self,
@@ -412,9 +448,9 @@ def make_decoder(
 
     * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); ``gamma_policy``
       (None | "adaptive" | a :class:`~specref.decode.gamma_policy.AdaptiveGamma`: each round's block size
-      in ``1..gamma``, or ``0..gamma`` for specdecode, from the running acceptance and the step costs, on the
-      ``plain`` and ``fast`` engines; the law is unchanged); rule options such as ``beta`` (lossy),
-      ``weight`` (ensemble), ``head`` (learned).
+      in ``1..gamma``, or ``0..gamma`` for specdecode, from the running acceptance and the step costs, on every
+      engine (the static ones capture or compile one shape per block size used); the law is unchanged); rule
+      options such as ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
     * ``target`` / ``draft``: autoregressive decoding with one model.
     * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
       ``max q < 1 - alpha``).

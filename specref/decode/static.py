@@ -20,6 +20,13 @@ per block size ``n`` (after two eager warm-up calls) and replays it; ``compile``
 on a CPU they run the step eagerly (same results), so the static plumbing is testable anywhere. Buffers
 and graphs are cached per model, batch, capacity and engine, and reused by later ``generate`` calls.
 
+A fixed gamma uses two widths: the draft's one-token steps and the target's block of ``gamma + 1``. Under a
+block-size policy (:mod:`specref.decode.gamma_policy`) each model uses widths in ``1..gamma + 1`` only (the
+target's blocks of ``g + 1`` and its plain steps; the draft's steps, and its catch-up after plain target steps
+in chunks of at most ``gamma + 1``), each captured or compiled the first time it is used, so at most
+``gamma + 1`` graphs or compiled shapes per model; no block is padded to a wider shape (a padded block would
+cost the target the full ``gamma + 1`` positions that a shorter round saves at large batch).
+
 Outputs equal the dynamic session's up to floating-point rounding (attention reduces over the whole
 capacity, where masked slots contribute exact zeros, but kernels may sum in another order); tests check
 that sampled tokens are identical.
@@ -161,9 +168,11 @@ class StaticEngine:
             try:
                 import torch._dynamo as dynamo
 
+                # one compiled entry per engine and width: up to gamma + 1 widths under a block-size policy,
+                # for each cached engine of each model (a process may time several batch sizes)
                 for name in ("cache_size_limit", "recompile_limit"):
                     if hasattr(dynamo.config, name):
-                        setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
+                        setattr(dynamo.config, name, max(getattr(dynamo.config, name), 256))
             except Exception:  # pragma: no cover - best effort
                 pass
             self._compiled = torch.compile(self._step, dynamic=False)
