@@ -60,7 +60,7 @@ def run_ours(dec: Any, prompts: list[list[int]], batch: int, args: argparse.Name
     drafted = sum(int(s.drafted.sum()) for s in stats)
     accepted = sum(int(s.accepted.sum()) for s in stats)
     tcalls = sum(int(s.target_calls.sum()) for s in stats)
-    return {
+    row = {
         "tokens_per_s": tokens / wall, "tokens": tokens, "wall_s": wall,
         "latency_ms": 1000 * sum(lat) / len(lat),
         "acceptance_rate": accepted / drafted if drafted else None,
@@ -69,6 +69,16 @@ def run_ours(dec: Any, prompts: list[list[int]], batch: int, args: argparse.Name
         "draft_forwards": sum(s.draft_forwards for s in stats),
         "rounds": sum(s.num_rounds for s in stats),
     }
+    gamma_rounds: dict[int, int] = {}
+    for s in stats:  # a block-size policy's rounds per block size, over the timed pass's batches
+        for g, n in s.gamma_rounds.items():
+            gamma_rounds[int(g)] = gamma_rounds.get(int(g), 0) + int(n)
+    if gamma_rounds:
+        total = sum(gamma_rounds.values())
+        row.update(gamma_rounds={str(g): n for g, n in sorted(gamma_rounds.items())},
+                   mean_gamma=sum(g * n for g, n in gamma_rounds.items()) / total,
+                   zero_share=gamma_rounds.get(0, 0) / total)
+    return row
 
 
 def run_hf(target: Any, draft: Any | None, prompts: list[list[int]], batch: int, args: argparse.Namespace,

@@ -1,6 +1,8 @@
 """Realistic-size decoding benchmark: a 7B target with 1B and 0.5B-class drafts on one GPU.
 
-What one run measures (300 s on one H200; ``--budget-s`` skips optional parts that would not fit):
+What one run measures (300 s on one H200 before the policy rows were added; ``--budget-s`` skips optional
+parts that would not fit; ``--drafts 1b --parts core,hf`` is the short run, estimated at 6-7 minutes on one
+H100, not yet timed):
 
 1. **Environment**: GPU name, versions, device copy bandwidth (bytes read + written over time).
 2. **Models**, random-init bf16 Llama shapes built directly on the device (no CPU init, no hub): target =
@@ -12,20 +14,25 @@ What one run measures (300 s on one H200; ``--budget-s`` skips optional parts th
    random prompts for a grid of T, and decodes at the T (interpolated in log T) that gives ~0.8 per pair.
    Nothing else is done to the weights: the kernels, shapes and bytes are those of the real models, only
    the token law is near-uniform.
-4. **Per-role step times** (CUDA events around every forward, ``RoundProfiler``) at batch 1 and 32 against
+4. **Per-role step times** (CUDA events around every forward, ``RoundProfiler``) at every batch size against
    their bandwidth floors (weight bytes read once + live KV bytes) / copy bandwidth; the draft/target cost
    ratio ``c``; the zero-overhead ceiling ``specref.cost.walltime_factor(b, gamma, c)`` for the measured
    acceptance ``b``, and the share of round time outside the forwards.
-5. **Throughput**, 128 new tokens, gamma 5, no EOS: specref target-only, SpecDecode and SpecCascade
-   [token_v3] (``graph`` engine) at batch 1, 8, 32, 64 for each draft; transformers' ``generate`` eager,
-   with a static cache (transformers compiles the forward itself then) and assisted generation (batch 1).
-   ``compile-graph`` at batch 1 when the budget allows.
+5. **Throughput**, 128 new tokens, gamma 5, no EOS, side by side at batch 1, 8, 32, 64 for each draft, all on
+   the ``graph`` engine: specref target-only; SpecDecode and SpecCascade [token_v3] with a fixed gamma; the
+   same two with the block-size policy (``AdaptiveGamma``, g in 0..gamma for SpecDecode, 1..gamma for
+   token_v3), its costs calibrated at the same batch size from the rows just measured (:func:`calibrate`), with
+   what it chose (mean g, share of g = 0 rounds) and its ratio to target-only. Then transformers'
+   ``generate`` eager, with a static cache (transformers compiles the forward itself then) and assisted
+   generation (batch 1). ``compile-graph`` at batch 1 when the budget allows (``--parts core,hf`` skips it).
 6. JSON (everything) and markdown (``<out>.json``, ``<out>.md``, rewritten after every section); the
    markdown, with the targets table, is a pure function of the JSON (``--render``).
 
 Usage::
 
-    PYTHONUNBUFFERED=1 python bench/realistic.py --out bench/results/nvidia-h200-realistic-DATE   # GPU
+    PYTHONUNBUFFERED=1 python bench/realistic.py --out bench/results/nvidia-h200-realistic-DATE   # GPU, all
+    PYTHONUNBUFFERED=1 python bench/realistic.py --drafts 1b --parts core,hf --budget-s 450 \
+        --out bench/results/nvidia-h100-realistic-policy-DATE                     # one H100, < 9 minutes
     python bench/realistic.py --smoke --out /tmp/real                                           # CPU, tiny
     python bench/suite.py --realistic ...                                                        # the same
 """
@@ -51,7 +58,7 @@ from bench.clock import elapsed, log  # noqa: E402
 from bench.decoding import assisted, groups, run_ours  # noqa: E402
 from bench.models import llama  # noqa: E402
 from bench.output import slug, strip_suffix, write_report  # noqa: E402
-from bench.timing import measure_bandwidth, sync  # noqa: E402
+from bench.timing import left_pad, measure_bandwidth, sync  # noqa: E402
 
 #: Llama-3-8B with a 32000-token vocabulary (7.24B parameters, untied output matrix).
 TARGET_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -178,17 +185,81 @@ def _args(T: float, a: argparse.Namespace) -> argparse.Namespace:
                               repeats=a.repeats, gamma=a.gamma)
 
 
+def every_width_policy() -> Any:
+    """A warm-up policy (not timed): ``probe_every`` rounds of g = 0 in a row where the rule allows them, then
+    g = 1 .. gamma, over and over, so that a static engine has captured every width an
+    :class:`~specref.decode.gamma_policy.AdaptiveGamma` may take (target blocks of 1 .. gamma + 1, the draft's
+    catch-up chunks) before the timed pass. Its ``probe_every`` is the default's, so the draft session has the
+    same capacity and the cached engine (buffers and graphs) is the one the timed decoder gets."""
+    from dataclasses import dataclass, field
+
+    from specref.decode.gamma_policy import AdaptiveGamma
+
+    @dataclass(frozen=True)
+    class EveryWidth(AdaptiveGamma):
+        rounds: list = field(default_factory=lambda: [0], compare=False, repr=False)
+
+        def choose(self, gamma_max: int, c: float, accepted: int, verified: int, allow_zero: bool = False,
+                   since_draft: int = 0) -> int:
+            cycle = [0] * self.probe_every * allow_zero + list(range(1, gamma_max + 1))
+            self.rounds[0] += 1
+            return cycle[(self.rounds[0] - 1) % len(cycle)]
+
+    return EveryWidth()
+
+
+def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[str, Any] | None:
+    """The policy's costs at ``batch`` from this run's measurements, in target-only steps (None: not measured).
+
+    ``verify_slope`` is the measured extra cost of each block position: (target block time of the profiled
+    fixed-gamma SpecDecode row / target-only step time - 1) / gamma. ``c`` is then set so that the policy's
+    modeled cost of a fixed round, ``(gamma + 1) c + 1 + verify_slope gamma``, equals the wall-clock cost of
+    the fixed-gamma row of the same method: ``tokens per round x target-only tok/s / fixed tok/s``. So ``c``
+    is the cost of a draft forward plus its share of the round's work outside the forwards, and the policy's
+    model reproduces what the fixed rows measured (a user would calibrate the same way, once per batch size).
+    """
+    dec = R.get("decode", {})
+    gamma = R["args"]["gamma"]
+    tgt = dec.get(f"specref/graph/target/b{batch}") or {}
+    fixed = dec.get(f"specref/graph/{method}/{draft}/b{batch}") or {}
+    tok = fixed.get("tokens_per_target_call")
+    if not (tgt.get("tokens_per_s") and fixed.get("tokens_per_s") and tok):
+        return None
+    round_cost = tok * tgt["tokens_per_s"] / fixed["tokens_per_s"]
+    t_step = role_times(tgt).get("target")
+    block = role_times(dec.get(f"specref/graph/specdecode/{draft}/b{batch}") or {}).get("target")
+    slope = max(0.0, (block / t_step - 1) / gamma) if t_step and block else 0.0
+    return {"c": max(0.0, (round_cost - 1 - slope * gamma) / (gamma + 1)), "verify_slope": slope,
+            "fixed_round_cost": round_cost, "slope_measured": bool(t_step and block)}
+
+
+def _prewarm(dec: Any, prompts: list[list[int]], batch: int, a: argparse.Namespace, T: float, device: str) -> None:
+    """One untimed ``generate`` of ``dec`` on the timed batch shape."""
+    ids, mask = left_pad(groups(prompts, batch, a.requests)[0])
+    dec.generate(ids.to(device), mask.to(device), max_new_tokens=a.max_new_tokens, temperature=T, seed=999)
+
+
 def run_specref(draft: Any, target: Any, method: str, engine: str, prompts: list[list[int]], batch: int, T: float,
-                a: argparse.Namespace, device: str, profile: bool) -> dict[str, Any]:
+                a: argparse.Namespace, device: str, profile: bool, policy: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """tok/s of one specref configuration (``run_ours``: one warm-up with the timed shapes, best of
-    ``repeats``), and optionally a second pass under the round profiler."""
+    ``repeats``), and optionally a second pass under the round profiler. ``policy``: the keywords of an
+    :class:`~specref.decode.gamma_policy.AdaptiveGamma` (then a first untimed pass takes every block size)."""
     from specref.decode import make_decoder
+    from specref.decode.gamma_policy import AdaptiveGamma
 
     kw = {"alpha": a.alpha} if method == "token_v3" else {}
     t0 = time.perf_counter()
+    if policy is not None:
+        warm = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, gamma_policy=every_width_policy(),
+                            **kw)
+        _prewarm(warm, prompts, batch, a, T, device)
+        kw["gamma_policy"] = AdaptiveGamma(c=policy["c"], verify_slope=policy["verify_slope"])
     dec = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, **kw)
     row = run_ours(dec, prompts, batch, _args(T, a), device)
     row["seconds_with_warmup"] = time.perf_counter() - t0
+    if policy is not None:
+        row["policy"] = dict(policy, repr=repr(kw["gamma_policy"]))
     if profile:
         row["profile"] = run_ours(dec, prompts, batch, _args(T, a), device, profile=True)["profile"]
     return row
@@ -263,7 +334,7 @@ def analyse(R: dict[str, Any]) -> dict[str, Any]:
     ctx = R["args"]["prompt_len"] + R["args"]["max_new_tokens"] / 2  # mean live context of a step
     dec = R.get("decode", {})
     A: dict[str, Any] = {"steps": {}, "ceilings": {}, "ratios": {}}
-    for b in (1, 32):
+    for b in R["args"]["batch_sizes"]:
         tgt = dec.get(f"specref/graph/target/b{b}", {})
         t_step = role_times(tgt).get("target")
         if t_step:
@@ -302,8 +373,29 @@ def analyse(R: dict[str, Any]) -> dict[str, Any]:
         base = _tps(R, f"specref/{parts[1]}/target/{parts[-1]}") or _tps(R, f"specref/graph/target/{parts[-1]}")
         if base:
             A["ratios"][key] = row["tokens_per_s"] / base
+    A["policy"] = policy_rows(R, A)
     A["targets"] = targets(R, A)
     return A
+
+
+def policy_rows(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
+    """Each policy row beside its fixed-gamma row: the calibrated costs, what the policy chose (mean g, share
+    of g = 0 rounds) and both ratios to target-only at the same batch."""
+    out = {}
+    for key, row in R.get("decode", {}).items():
+        parts = key.split("/")
+        if len(parts) != 5 or not parts[2].endswith("-adaptive") or "tokens_per_s" not in row:
+            continue
+        method, draft, b = parts[2][: -len("-adaptive")], parts[3], parts[4]
+        fixed_key = f"specref/graph/{method}/{draft}/{b}"
+        pol = row.get("policy", {})
+        out[key] = {"method": method, "draft": draft, "batch": int(b[1:]), "c": pol.get("c"),
+                    "verify_slope": pol.get("verify_slope"), "mean_gamma": row.get("mean_gamma"),
+                    "zero_share": row.get("zero_share"), "gamma_rounds": row.get("gamma_rounds"),
+                    "acceptance": row.get("acceptance_rate"), "vs_target": A["ratios"].get(key),
+                    "fixed_vs_target": A["ratios"].get(fixed_key),
+                    "vs_fixed": row["tokens_per_s"] / _tps(R, fixed_key) if _tps(R, fixed_key) else None}
+    return out
 
 
 def _ratio(R: dict[str, Any], key: str) -> str:
@@ -322,10 +414,11 @@ def targets(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
     nan = float("nan")
     dec = R.get("decode", {})
     gamma = R["args"]["gamma"]
+    has_policy = "policy" in R["args"]  # runs from before the block-size policy render as they did
     t1 = max([x for x in (_tps(R, "specref/graph/target/b1"), _tps(R, "specref/compile-graph/target/b1")) if x]
              or [0]) or None
     spec_keys = ("specref/graph/specdecode/1b/b1", "specref/compile-graph/specdecode/1b/b1",
-                 "specref/graph/specdecode/0.5b/b1")
+                 "specref/graph/specdecode/0.5b/b1")  # fixed gamma (the policy's rows: A["policy"])
     s1 = max([x for x in (_tps(R, k) for k in spec_keys) if x] or [0]) or None
     hf_static = _tps(R, "transformers/static/target/b1")
     st, st32 = A["steps"].get("target/b1", {}), A["steps"].get("target/b32", {})
@@ -357,7 +450,8 @@ def targets(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
         r = A["ratios"].get(f"specref/graph/specdecode/1b/b{b}")
         blk = d32.get("target_block_ms", nan) / st32.get("ms", nan)
         tok32 = dec.get("specref/graph/specdecode/1b/b32", {}).get("tokens_per_target_call", nan)
-        lim = (f"fixed gamma = {gamma} at every batch, no gamma policy in this tree"
+        lim = ((f"fixed gamma = {gamma} at every batch (the policy's row: adaptive_specdecode_vs_target_b{b})"
+                if has_policy else f"fixed gamma = {gamma} at every batch, no gamma policy in this tree")
                + (f"; at batch 32 a round is {d32.get('round_ms', nan):.1f} ms (draft forwards "
                   f"{d32.get('draft_calls_per_round', nan):.0f} x {d32.get('ms', nan):.2f} ms, block "
                   f"{d32.get('target_block_ms', nan):.2f} ms = {blk:.2f} target steps) for {tok32:.2f} tokens "
@@ -365,6 +459,15 @@ def targets(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
         T[f"fixed_gamma_specdecode_vs_target_b{b}"] = _target(
             r, goal, f">= {goal}x target-only (the goal is the gamma policy's; measured: fixed gamma {gamma})",
             lim, "x")
+        if not has_policy:
+            continue
+        p = A["policy"].get(f"specref/graph/specdecode-adaptive/1b/b{b}", {})
+        pv = {k: nan if p.get(k) is None else p[k] for k in ("c", "verify_slope", "mean_gamma", "zero_share")}
+        T[f"adaptive_specdecode_vs_target_b{b}"] = _target(
+            p.get("vs_target"), goal, f">= {goal}x target-only, block-size policy",
+            f"the policy (c = {pv['c']:.3f}, verify slope {pv['verify_slope']:.3f}, calibrated on the fixed row) "
+            f"took mean g {pv['mean_gamma']:.2f}, {100 * pv['zero_share']:.0f}% plain target steps (g = 0: "
+            "target-only steps, with a probe round after every 16)", "x")
     T["outside_share_b32"] = _target(d32.get("outside_share"), 0.05, "<= 5% of round time at batch 32",
                                      "rules, verification, sampling and bookkeeping launched eagerly between the "
                                      f"graphed forwards: {d32.get('outside_ms', nan):.2f} ms per round", "share")
@@ -439,7 +542,10 @@ def markdown(R: dict[str, Any]) -> str:
     rows = [("specref target-only", "specref/graph/target/b{}")]
     for d in R.get("drafts_done", []):
         rows += [(f"specref SpecDecode, {d} draft", f"specref/graph/specdecode/{d}/b{{}}"),
-                 (f"specref SpecCascade [token_v3], {d} draft", f"specref/graph/token_v3/{d}/b{{}}")]
+                 (f"specref SpecDecode, {d} draft, block-size policy", f"specref/graph/specdecode-adaptive/{d}/b{{}}"),
+                 (f"specref SpecCascade [token_v3], {d} draft", f"specref/graph/token_v3/{d}/b{{}}"),
+                 (f"specref SpecCascade [token_v3], {d} draft, block-size policy",
+                  f"specref/graph/token_v3-adaptive/{d}/b{{}}")]
     rows += [("specref target-only, compile-graph", "specref/compile-graph/target/b{}"),
              ("specref SpecDecode, 1b, compile-graph", "specref/compile-graph/specdecode/1b/b{}"),
              ("transformers generate, eager", "transformers/eager/target/b{}"),
@@ -469,6 +575,19 @@ def markdown(R: dict[str, Any]) -> str:
                          + (f", best SpecDecode or token_v3 {max(spec) / hf:.2f}x" if spec else ""))
     if vs_hf:
         L += ["", "Against transformers' static cache + compile (target-only, same batch): " + "; ".join(vs_hf) + "."]
+    if A.get("policy"):
+        L += ["", "What the block-size policy chose (`AdaptiveGamma`; c and the verify slope calibrated at each batch "
+              "size from this run's fixed-gamma row and profile, `calibrate`; g = 0 is a plain target step, "
+              "SpecDecode only):", "",
+              "| method, draft | batch | c | verify slope | mean g | g = 0 rounds | rounds per g | acceptance "
+              "| policy / target-only | fixed / target-only | policy / fixed |", "|---" * 11 + "|"]
+        for p in sorted(A["policy"].values(), key=lambda p: (p["method"], p["draft"], p["batch"])):
+            rounds = ", ".join(f"{g}: {n}" for g, n in (p.get("gamma_rounds") or {}).items())
+            L.append(f"| {p['method']}, {p['draft']} | {p['batch']} | {_f(p['c'], 3)} | {_f(p['verify_slope'], 3)} "
+                     f"| {_f(p['mean_gamma'], 2)} | "
+                     f"{_f(None if p['zero_share'] is None else 100 * p['zero_share'], 0)}% | {rounds} | "
+                     f"{_f(p['acceptance'], 3)} | {_f(p['vs_target'], 2)}x | {_f(p['fixed_vs_target'], 2)}x | "
+                     f"{_f(p['vs_fixed'], 2)}x |")
     warm = {k: v.get("warmup_s", v.get("seconds_with_warmup")) for k, v in dec.items()
             if isinstance(v, dict) and ("compile" in k or "static" in k)}
     if warm:
@@ -482,8 +601,13 @@ def markdown(R: dict[str, Any]) -> str:
                                     f"{m:.2f}{t['unit'] if t['unit'] == 'x' else ' ' + t['unit']}")
         met = "not measured" if t["met"] is None else ("**met**" if t["met"] else "missed")
         L.append(f"| {k} | {t['goal_text']} | {ms} | {met} | {t['limit']} |")
-    L += ["", "Not measured here: the gamma policy (not in this tree), the CPU comparison with assisted "
-          "generation (suite's CPU mode), T5 static engines (refused by the static engines)."]
+    if "policy" not in args:  # a run from before the block-size policy
+        L += ["", "Not measured here: the gamma policy (not in this tree), the CPU comparison with assisted "
+              "generation (suite's CPU mode), T5 static engines (refused by the static engines)."]
+    else:
+        L += ["", "Not measured here: the CPU comparison with assisted generation (suite's CPU mode), T5 and "
+              "sliding-window models (refused by the static engines), the block-size policy on `compile-graph`"
+              + (", the block-size policy (`--policy off`)" if args["policy"] == "off" else "") + "."]
     if R.get("skipped"):
         L += ["", "Skipped for the time budget: " + ", ".join(R["skipped"]) + "."]
     if R.get("errors"):
@@ -535,6 +659,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                          "default: all, optional ones while the budget lasts")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="compile-graph at batch 1 (default auto: on a GPU, if the budget allows)")
+    ap.add_argument("--policy", choices=("on", "off"), default="on",
+                    help="also time SpecDecode and token_v3 with the block-size policy, calibrated per batch size "
+                         "from the fixed-gamma rows (default: on)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render", default=None, metavar="JSON", help="measure nothing: re-render a run's JSON")
     return ap
@@ -597,6 +724,8 @@ class RealisticRun:
             R["decode"][key] = row = fn()
             log(f"{key}: {row['tokens_per_s']:.1f} tok/s"
                 + (f", acceptance {row['acceptance_rate']:.3f}" if row.get("acceptance_rate") is not None else "")
+                + (f", mean g {row['mean_gamma']:.2f} ({100 * row['zero_share']:.0f}% g = 0)"
+                   if row.get("mean_gamma") is not None else "")
                 + (f", warm-up {row['warmup_s']:.1f} s" if "warmup_s" in row else ""))
         except Exception as err:  # noqa: BLE001 - record and go on: one failure must not lose the run
             R["decode"][key] = {"error": f"{type(err).__name__}: {err}"}
@@ -634,20 +763,30 @@ class RealisticRun:
         self.T_ref = R["temperature"][self.drafts[0]] if self.drafts else 1.0
 
     def core(self) -> None:
-        """specref graph engine, every batch size; profiled at batch 1 and 32 (step times, outside share)."""
+        """specref graph engine, every batch size: target-only, then for each draft SpecDecode and token_v3 with
+        a fixed gamma and with the block-size policy calibrated from those rows (:func:`calibrate`). Target-only
+        and fixed SpecDecode are profiled too (step times, outside share, the policy's verify slope)."""
         args, R, device, target, prompts, T_ref = self.args, self.R, self.device, self.target, self.prompts, self.T_ref
         models = self.models
         for b in self.bs if "core" in self.parts else []:
-            prof = b in (1, 32)
             self.attempt(f"specref/graph/target/b{b}",
-                         lambda b=b, prof=prof: run_specref(target, target, "target", "graph", prompts, b, T_ref,
-                                                            args, device, prof))
+                         lambda b=b: run_specref(target, target, "target", "graph", prompts, b, T_ref, args, device,
+                                                 True))
             for d in self.drafts:
+                T = R["temperature"][d]
                 for m in ("specdecode", "token_v3"):
                     self.attempt(f"specref/graph/{m}/{d}/b{b}",
-                                 lambda b=b, d=d, m=m, prof=prof: run_specref(
-                                     models[d], target, m, "graph", prompts, b, R["temperature"][d], args, device,
-                                     prof and m == "specdecode"))
+                                 lambda b=b, d=d, m=m, T=T: run_specref(models[d], target, m, "graph", prompts, b, T,
+                                                                        args, device, m == "specdecode"))
+                if args.policy == "on":
+                    for m in ("specdecode", "token_v3"):
+                        cal = calibrate(R, d, m, b)
+                        if cal is None:
+                            R["skipped"].append(f"specref/graph/{m}-adaptive/{d}/b{b} (no fixed row to calibrate)")
+                            continue
+                        self.attempt(f"specref/graph/{m}-adaptive/{d}/b{b}",
+                                     lambda b=b, d=d, m=m, T=T, cal=cal: run_specref(
+                                         models[d], target, m, "graph", prompts, b, T, args, device, False, cal))
                 if d not in R["drafts_done"]:
                     R["drafts_done"].append(d)
 
@@ -675,9 +814,10 @@ class RealisticRun:
                                  lambda: run_specref(models[d0], target, "specdecode", "compile-graph", prompts, 1,
                                                      R["temperature"][d0], args, device, False)))
         if "hf" in parts:
-            optional += [(f"transformers/static/target/b{b}", 90,
+            # the first batch > 1 compiles again (about 45 s on an H200); later ones reused it (1-2 s)
+            optional += [(f"transformers/static/target/b{b}", 90 if i == 0 else 20,
                           lambda b=b: run_transformers(target, None, prompts, b, T_ref, args, device, static=True))
-                         for b in self.bs[1:]]
+                         for i, b in enumerate(self.bs[1:])]
         return optional
 
     def while_budget_lasts(self) -> None:

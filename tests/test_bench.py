@@ -166,6 +166,16 @@ def test_realistic_smoke_measures_every_part(realistic_run):
             for m in ("specdecode", "token_v3"):
                 row = dec[f"specref/graph/{m}/{d}/b{b}"]
                 assert row["tokens"] == b * 8 and 0 <= row["acceptance_rate"] <= 1
+                # the block-size policy beside it, calibrated from the fixed row: what it chose is reported
+                pol = dec[f"specref/graph/{m}-adaptive/{d}/b{b}"]
+                assert pol["tokens"] == b * 8 and pol["policy"]["c"] >= 0 and pol["policy"]["verify_slope"] >= 0
+                assert pol["policy"] == {**realistic.calibrate(R, d, m, b), "repr": pol["policy"]["repr"]}
+                rounds = {int(g): n for g, n in pol["gamma_rounds"].items()}
+                assert sum(rounds.values()) == pol["rounds"] and (m == "specdecode" or 0 not in rounds)
+                assert pol["zero_share"] == pytest.approx(rounds.get(0, 0) / pol["rounds"])
+                summary = R["analysis"]["policy"][f"specref/graph/{m}-adaptive/{d}/b{b}"]
+                assert summary["mean_gamma"] == pol["mean_gamma"] and summary["vs_target"] == pytest.approx(
+                    pol["tokens_per_s"] / dec[f"specref/graph/target/b{b}"]["tokens_per_s"])
     for key in ("transformers/eager/target/b1", "transformers/static/target/b1", "transformers/assisted/1b/b1",
                 "transformers/assisted/0.5b/b1", "transformers/static/target/b2"):
         assert dec[key]["tokens_per_s"] > 0, key
@@ -174,9 +184,11 @@ def test_realistic_smoke_measures_every_part(realistic_run):
     assert s["ms"] > 0 and s["floor_ms"] > 0 and s["c"] == pytest.approx(s["ms"] / A["steps"]["target/b1"]["ms"])
     assert s["draft_calls_per_round"] >= R["args"]["gamma"]
     assert set(A["targets"]) >= {"target_only_b1", "specdecode_b1", "specdecode_b1_vs_hf_static_compiled",
-                                 "fixed_gamma_specdecode_vs_target_b32", "outside_share_b32"}
+                                 "fixed_gamma_specdecode_vs_target_b32", "adaptive_specdecode_vs_target_b32",
+                                 "outside_share_b32"}
     md = out.with_suffix(".md").read_text()
     assert "## Targets" in md and "1 - TV, 1b draft" in md and "SMOKE RUN" in md
+    assert "What the block-size policy chose" in md and "1b draft, block-size policy" in md
 
 
 def test_realistic_ceiling_is_specref_cost_formula(realistic_run):
@@ -184,7 +196,7 @@ def test_realistic_ceiling_is_specref_cost_formula(realistic_run):
     from specref.cost import walltime_factor
 
     _, R, _ = realistic_run
-    assert set(R["analysis"]["ceilings"]) == {"1b/b1", "0.5b/b1"}  # profiled at batch 1 (and 32, not in smoke)
+    assert set(R["analysis"]["ceilings"]) == {"1b/b1", "0.5b/b1", "1b/b2", "0.5b/b2"}  # profiled at every batch
     for c in R["analysis"]["ceilings"].values():
         assert c["speedup_model"] == pytest.approx(walltime_factor(c["acceptance"], R["args"]["gamma"], c["c"]))
 
