@@ -44,6 +44,7 @@ __all__ = [
     "cost_penalty",
     "get",
     "get_swept",
+    "mixture_weight",
     "register",
     "sweep_grid",
     "unregister",
@@ -86,7 +87,8 @@ ALPHA_MEANING: dict[str, str] = {
     "token_v2": "defer v iff p(v) < max p - alpha; useful range [0, 1)",
     "token_v3": "defer v iff p(v) < (1 - alpha) max p; useful range [0, 1)",
     "learned": "cascade head: defer iff loss_q > loss_p + alpha * TV(p, q); token head: defer v iff "
-    "score(v) < max score - alpha",
+    "score(v) < max score - alpha; mixture head: pi = (1 - w) q + w p with w = sigmoid(a - softplus(b) alpha), "
+    "alpha the price of a rejection (>= 0; larger alpha, smaller w)",
     "token_cascade": "defer iff max q < 1 - alpha; useful range [0, 1)",
     "seq_cascade": "defer a row iff its draft confidence < log(1 - alpha); alpha < 1 (or pass threshold)",
     "bild": "fall back to the target iff max q < 1 - alpha (or pass fallback); useful range [0, 1)",
@@ -650,6 +652,9 @@ class DeferralHead(Protocol):
     ``kind == "token"``: ``estimate`` returns ``[..., V]`` estimated probability that each candidate is
     correct; the rule defers candidate v iff ``score(v) < max_u score(u) - alpha`` (the token oracle's
     plug-in, THEORY.md section 6).
+    ``kind == "mixture"``: ``estimate`` returns ``[..., 2]`` logits ``(a, b)`` of a mixture weight that the
+    rule turns into ``w = sigmoid(a - softplus(b) * alpha)`` (:func:`mixture_weight`) and mixes
+    ``pi = (1 - w) q + w p`` (continuous deferral, THEORY.md section 7).
     """
 
     kind: str
@@ -658,21 +663,41 @@ class DeferralHead(Protocol):
         ...
 
 
+def mixture_weight(
+    estimates: Tensor,  # [..., 2] a mixture head's logits (a, b)
+    alpha: float | Tensor,  # price of a rejection; a tensor broadcasts against [...]
+) -> Tensor:  # [...] weight on the target, in [0, 1]
+    """A mixture head's weight on the target at price ``alpha``: ``sigmoid(a - softplus(b) * alpha)``.
+
+    The softplus keeps the weight non-increasing in the price, so sweeping alpha traces a curve from the
+    target (alpha -> -inf) to the draft (alpha -> +inf) as for every other rule; one head serves every alpha
+    because it was trained with the price as an input (``training.deferral``, objective ``loglik``). The
+    decoder, offline evaluation and training all read this one formula.
+    """
+    a, slope = estimates[..., 0], torch.nn.functional.softplus(estimates[..., 1])
+    price = slope * alpha
+    # an infinite alpha (the sweeps' limits) on a slope that underflowed to 0 would be 0 * inf = NaN: no price
+    price = torch.where(slope == 0, torch.zeros_like(price), price)
+    return torch.sigmoid(a - price)
+
+
 class LearnedRule(Rule):
-    """Defers with a learned estimator of the expected losses (cascade) or token correctness (token)."""
+    """Defers with a learned estimator of the expected losses (cascade), token correctness (token), or a
+    learned mixture weight (mixture)."""
 
     name = "learned"
     takes_alpha = True
 
     def __init__(self, head: DeferralHead, alpha: float | None = None) -> None:
         kind = getattr(head, "kind", None)
-        if kind not in ("cascade", "token") or not callable(getattr(head, "estimate", None)):
+        if kind not in ("cascade", "token", "mixture") or not callable(getattr(head, "estimate", None)):
             raise ValueError(
-                "learned rule needs a head with kind 'cascade' or 'token' and an estimate(...) method, "
+                "learned rule needs a head with kind 'cascade', 'token' or 'mixture' and an estimate(...) method, "
                 f"got {type(head).__name__}"
             )
         super().__init__(alpha)
         self.head = head
+        self.kind = kind
         self.token_level = kind == "token"
 
     def __repr__(self) -> str:
@@ -685,13 +710,15 @@ class LearnedRule(Rule):
                 raise ValueError(f"token head returned shape {tuple(est.shape)}, expected {tuple(q.shape)}")
             return self.decide_scores(est)
         if est.shape != (*q.shape[:-1], 2):
-            raise ValueError(f"cascade head returned shape {tuple(est.shape)}, expected {(*q.shape[:-1], 2)}")
+            raise ValueError(f"{self.kind} head returned shape {tuple(est.shape)}, expected {(*q.shape[:-1], 2)}")
         return self.decide_position(PositionStats.of_pair(q_rule, p_rule, q, p, features, estimates=lambda: est))
 
     def decide_position(self, stats):
         """Cascade head: defer iff ``loss_q > loss_p + alpha * TV(p, q)`` (also the oracle's rule, with the
-        realized losses as estimates)."""
+        realized losses as estimates). Mixture head: the fractional deferral ``w`` of :func:`mixture_weight`."""
         est = stats.estimates
+        if self.kind == "mixture":
+            return mixture_weight(est, self.alpha).to(stats.dtype)
         penalty = cost_penalty(self.alpha, stats.tv)
         return est[..., 0] > est[..., 1] + penalty
 

@@ -56,6 +56,26 @@ class CascadeHead:
         return torch.stack([1 - q_rule.amax(-1), 1 - p_rule.amax(-1)], dim=-1)
 
 
+class MixtureHead:
+    """A fixed 'learned' mixture head: weight on the target ``sigmoid(4 (max p - max q) + 0.5 - softplus(0)
+    alpha)``, fractional on the toy models (continuous deferral, THEORY.md section 7)."""
+
+    kind = "mixture"
+
+    def estimate(self, q_rule, p_rule, q, p, features=None):
+        a = 4 * (p_rule.amax(-1) - q_rule.amax(-1)) + 0.5
+        return torch.stack([a, torch.zeros_like(a)], dim=-1)
+
+
+class _RoundedMixtureHead(MixtureHead):
+    """A plausible bug: the mixture weight read as a yes/no decision (w rounded to 0 or 1)."""
+
+    def estimate(self, q_rule, p_rule, q, p, features=None):
+        est = super().estimate(q_rule, p_rule, q, p, features)
+        w = rules.mixture_weight(est, 0.5)
+        return torch.stack([torch.where(w > 0.5, 30.0, -30.0), torch.full_like(w, -30.0)], dim=-1)
+
+
 _LMS: dict[str, list[tuple[HFToyLM, HFToyLM]]] = {}
 
 
@@ -163,6 +183,7 @@ RULE_CASES = [
     ("token_v3", 0.6, {}),
     ("learned", 0.05, {"head": TokenHead()}),
     ("learned", 0.0, {"head": CascadeHead()}),
+    ("learned", 0.5, {"head": MixtureHead()}),
 ]
 
 
@@ -179,6 +200,20 @@ def test_rule_methods_match_exact_llama(case):
     res = combined_gof(seqs, rule_refs("llama", rule))
     report(f"llama {method} alpha={alpha}", res)
     assert res.p_value >= LEVEL, res
+
+
+def test_mixture_weights_are_fractional_and_rounding_them_is_rejected():
+    """The mixture case above tests fractional weights (not 0/1 decisions in disguise), and the same test at
+    the same sample size rejects a decoder that rounds them (the negative control)."""
+    head = MixtureHead()
+    (d, t), _ = toy_lms("llama")
+    probs = torch.stack([d(()), t(())])  # the first position's q and p
+    w = rules.mixture_weight(head.estimate(probs[0], probs[1], probs[0], probs[1]), 0.5)
+    assert 0.05 < float(w) < 0.95, float(w)
+    seqs = sample("llama", "learned", 0.5, head=_RoundedMixtureHead())
+    res = combined_gof(seqs, rule_refs("llama", rules.get("learned", alpha=0.5, head=head)))
+    report("negative control: mixture weight rounded to 0/1", res)
+    assert res.p_value < LEVEL, res
 
 
 @pytest.mark.parametrize("method,alpha", [("specdecode", None), ("token_v3", 0.6)])

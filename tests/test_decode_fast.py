@@ -32,11 +32,19 @@ class TokenHead:
         return 0.5 * (q_rule + p_rule)
 
 
+class MixtureHead:
+    kind = "mixture"
+
+    def estimate(self, q_rule, p_rule, q, p, features=None):
+        a = 4 * (p_rule.amax(-1) - q_rule.amax(-1)) + 0.5
+        return torch.stack([a, torch.zeros_like(a)], dim=-1)
+
+
 METHODS = [
     ("specdecode", None, {}), ("token_v3", 0.6, {}), ("token_v3", 0.6, {"bonus": "target"}), ("token_v1", 0.1, {}),
     ("token_v2", 0.6, {}), ("lossy", 0.3, {}), ("lossy", 0.3, {"bonus": "target"}), ("chow", 0.3, {}),
     ("diff", 0.1, {}), ("opt", 0.5, {}), ("ensemble", 0.5, {}), ("learned", 0.05, {"head": TokenHead()}),
-    ("target", None, {}), ("draft", None, {}),
+    ("learned", 0.5, {"head": MixtureHead()}), ("target", None, {}), ("draft", None, {}),
 ]
 SEQUENTIAL = [("token_cascade", 0.3, {}), ("seq_cascade", 0.5, {}), ("bild", None, {"fallback": 0.5, "rollback": 1.0})]
 

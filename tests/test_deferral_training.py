@@ -196,3 +196,53 @@ def test_data_module_refuses_validation_logs_that_overlap_training(tmp_path):
         LogsDataModule(str(d), val_logs=str(d)).setup()
     with pytest.raises(ValueError, match="given twice"):
         LogsDataModule([str(d), str(d)]).setup()
+
+
+def test_mixture_head_beats_every_constant_weight_and_round_trips(tmp_path, logistic_logs):
+    """A mixture head (objective loglik) trained over prices: on held-out rows its per-position weight beats
+    every constant weight at every price (the draft, the target, the half-half ensemble), its weight falls as
+    the price rises, and exported it decodes as a fractional rule and evaluates offline (sampled loss only)."""
+    from specref import rules
+    from specref.logs.evaluate import evaluate
+
+    module, dm, trainer = _fit(tmp_path, logistic_logs, epochs=6, kind="mixture", objective="loglik",
+                               hidden_sizes=[32, 32], lr=3e-3, max_price=2.0, eval_alphas=[0.2, 1.0])
+    metrics = trainer.callback_metrics
+    for key in ("val_loss", "val_lspec_0.2", "val_loglik_obj_1", "train_loss"):
+        assert key in metrics and math.isfinite(float(metrics[key])), key
+    val = dm.val
+    head = module.head.eval()
+    out = head_estimates(head, val)
+    x, y, _ = module._features(val)
+    n = int(y.shape[0])
+    for price in (0.0, 0.5, 1.5):
+        prices = torch.full((n,), price)
+        learned = float(module._mixture_loss(out, y, prices).mean())
+        for w in (0.0, 0.5, 1.0):
+            const = torch.stack([torch.full((n,), math.log(w / (1 - w)) if 0 < w < 1 else (30.0 if w else -30.0)),
+                                 torch.full((n,), -30.0)], dim=-1)
+            assert learned < float(module._mixture_loss(const, y, prices).mean()) - 1e-3, (price, w)
+    w_lo, w_hi = rules.mixture_weight(out, 0.1), rules.mixture_weight(out, 1.5)
+    assert bool((w_hi <= w_lo + 1e-7).all()) and float(w_lo.std()) > 0.01  # varies by position, falls with price
+    path = heads.save(head, tmp_path / "mixture")
+    loaded = heads.load(path)
+    q = torch.softmax(torch.randn(5, 16), -1)
+    p = torch.softmax(torch.randn(5, 16), -1)
+    decision = rules.get("learned", alpha=0.5, head=loaded)(q, p).defer
+    assert decision.shape == (5,) and bool(((decision >= 0) & (decision <= 1)).all())
+    assert torch.equal(decision, rules.mixture_weight(head.estimate(q, p), 0.5))
+    rows = evaluate(val, [0.2], heads={"mix": loaded}, methods=["opt"])
+    mine = [r for r in rows if r["method"] == "mix"]
+    assert [r["loss"] for r in mine] == ["sampled"]
+    assert mine[0]["deferral_rate"] == pytest.approx(float(rules.mixture_weight(out, 0.2).double().mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"kind": "mixture", "objective": "bce"}, "a mixture head trains with objective 'loglik'"),
+    ({"kind": "cascade", "objective": "loglik"}, "a mixture head trains with objective 'loglik'"),
+    ({"kind": "mixture", "objective": "loglik", "truth": "target"}, "needs the reference token"),
+    ({"kind": "mixture", "objective": "loglik", "max_price": 0.0}, "max_price must be"),
+])
+def test_mixture_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        DeferralModule(**options)

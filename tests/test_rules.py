@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import (
     ALL_RULES,
@@ -376,3 +376,18 @@ def test_float32_inputs_stay_float32(qp, alpha):
         assert out.pi.dtype == torch.float32 and out.accept.dtype == torch.float32
         torch.testing.assert_close(out.pi.sum(-1), torch.ones(q.shape[0]), atol=1e-5, rtol=0)
         torch.testing.assert_close(genspec.emitted(q, out.accept, out.residual), out.pi, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a=st.floats(-50, 50, allow_nan=False), b=st.floats(-200, 50, allow_nan=False),
+    lo=st.floats(-10, 10, allow_nan=False), step=st.floats(0, 10, allow_nan=False),
+)
+def test_mixture_weight_is_a_probability_that_falls_with_the_price(a, b, lo, step):
+    """w = sigmoid(a - softplus(b) alpha) in [0, 1], non-increasing in alpha, no NaN at the sweeps' infinite
+    limits (also where softplus(b) underflows to 0)."""
+    est = torch.tensor([[a, b]], dtype=torch.float64)
+    w_lo, w_hi = rules.mixture_weight(est, lo), rules.mixture_weight(est, lo + step)
+    for w in (w_lo, w_hi, rules.mixture_weight(est, math.inf), rules.mixture_weight(est, -math.inf)):
+        assert bool(torch.isfinite(w).all()) and 0.0 <= float(w) <= 1.0
+    assert float(w_hi) <= float(w_lo)

@@ -12,7 +12,16 @@ from __future__ import annotations
 from specref.heads.baselines import MODELS, SklearnHead, fit_sklearn_head, training_arrays
 from specref.heads.features import FeatureSpec, context_features, feature_names, live_summary, token_features
 from specref.heads.io import HeadFormatError, load, read_config, save
-from specref.heads.modules import CascadeHead, Head, MLPBody, Standardize, TokenHead, TreeBody, build_head
+from specref.heads.modules import (
+    CascadeHead,
+    Head,
+    MixtureHead,
+    MLPBody,
+    Standardize,
+    TokenHead,
+    TreeBody,
+    build_head,
+)
 from specref.heads.targets import cascade_targets, realized_losses, token_targets
 
 __all__ = [
@@ -22,6 +31,7 @@ __all__ = [
     "Head",
     "HeadFormatError",
     "MLPBody",
+    "MixtureHead",
     "SklearnHead",
     "Standardize",
     "TokenHead",

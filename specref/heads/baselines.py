@@ -47,6 +47,9 @@ def training_arrays(
     truth: str = "reference",
 ) -> tuple[Tensor, Tensor]:
     """Flat features ``[R, F]`` and targets ``[R, O]`` (O = 2 cascade, 1 token; token rows = valid candidates)."""
+    if spec.kind == "mixture":
+        raise ValueError("scikit-learn baselines fit cascade and token heads; a mixture head trains with the "
+                         "Lightning module (its objective is not a classification loss)")
     if spec.kind == "cascade":
         return context_features(summary, spec), cascade_targets(summary, loss, truth)
     _, x, valid = token_features(summary, spec)

@@ -31,7 +31,7 @@ __all__ = [
     "token_features",
 ]
 
-KINDS = ("cascade", "token")
+KINDS = ("cascade", "token", "mixture")
 HIDDEN = ("draft_hidden", "target_hidden")
 _LOG_FLOOR = 1e-12  # log of a probability that underflowed to 0 stays finite
 
@@ -48,7 +48,8 @@ class FeatureSpec:
     """Which features a head reads.
 
     Attributes:
-        kind: ``"cascade"`` (one feature vector per position) or ``"token"`` (one per candidate token).
+        kind: ``"cascade"`` or ``"mixture"`` (one feature vector per position) or ``"token"`` (one per
+            candidate token).
         k: number of sorted top probabilities of each model among the context features (>= 2).
         candidates: token heads: the top ``candidates`` tokens of each model form the scored set.
         hidden: hidden-state features appended after the distribution features (``draft_hidden``,
@@ -70,7 +71,7 @@ class FeatureSpec:
             raise ValueError(f"k must be >= 2, got {self.k}")
         if self.kind == "token" and self.candidates < 1:
             raise ValueError("a token head needs candidates >= 1")
-        if self.kind == "cascade" and self.candidates:
+        if self.kind != "token" and self.candidates:
             raise ValueError("candidates is only for token heads")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
@@ -210,7 +211,7 @@ def token_features(
 def features(
     summary: Mapping[str, Tensor], spec: FeatureSpec, extra: Mapping[str, Tensor] | None = None
 ) -> Tensor:
-    """Cascade: ``[..., F]``; token: ``[..., M, F]`` (see :func:`token_features` for ids and mask)."""
-    if spec.kind == "cascade":
+    """Cascade, mixture: ``[..., F]``; token: ``[..., M, F]`` (see :func:`token_features` for ids and mask)."""
+    if spec.kind != "token":
         return context_features(summary, spec, extra)
     return token_features(summary, spec, extra)[1]

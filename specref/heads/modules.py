@@ -9,6 +9,9 @@ probabilities; ``estimate`` is the decode-time entry point the learned rule call
   draft and of deferring; the learned rule defers iff ``loss_q > loss_p + alpha * TV(p, q)`` (Lemma 4).
 * :class:`TokenHead` (``kind="token"``): ``[..., V]`` estimated probability that each candidate token is
   the right one; 0 outside the candidate set. The rule defers v iff ``score(v) < max score - alpha``.
+* :class:`MixtureHead` (``kind="mixture"``): ``[..., 2]`` logits ``(a, b)`` of a weight on the target; the
+  rule mixes ``pi = (1 - w) q + w p`` with ``w = sigmoid(a - softplus(b) alpha)``
+  (:func:`specref.rules.mixture_weight`), alpha the price of a rejection.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import Tensor, nn
 from specref.heads.features import FeatureSpec, context_features, live_summary, token_features
 
 __all__ = [
-    "BODIES", "CascadeHead", "Head", "MLPBody", "Standardize", "TokenHead", "TreeBody", "build_head", "check_finite",
+    "BODIES", "CascadeHead", "Head", "MLPBody", "MixtureHead", "Standardize", "TokenHead", "TreeBody", "build_head",
+    "check_finite",
 ]
 
 BODIES = ("mlp", "trees")
@@ -232,6 +236,24 @@ class CascadeHead(Head):
         return check_finite(self.predict(x).to(q_rule.device), self.kind)
 
 
+class MixtureHead(CascadeHead):
+    """Logits ``(a, b)`` of a mixture weight on the target at every price alpha; ``target`` is ``"loglik"``.
+
+    The same position features as a cascade head. Trained (``training.deferral``, objective ``loglik``) to
+    maximise ``log pi(y) - alpha * w * TV(p, q)`` over prices alpha drawn with each row, so one head serves
+    the whole curve; :func:`specref.rules.mixture_weight` turns the logits into the weight.
+    """
+
+    kind = "mixture"
+    out_dim = 2
+
+    def __init__(self, spec: FeatureSpec, body=None, target: str = "loglik", info=None) -> None:
+        super().__init__(spec, body, target, info)
+
+    def predict(self, x: Tensor) -> Tensor:  # [..., F] -> [..., 2] logits (a, b), not probabilities
+        return self.logits(x)
+
+
 class TokenHead(Head):
     """Estimates ``P(y = v)`` for each candidate token v; ``target`` is ``"correct"``."""
 
@@ -269,7 +291,7 @@ class TokenHead(Head):
         return out.scatter_reduce(-1, ids, masked, reduce="amax")
 
 
-_HEADS = {"cascade": CascadeHead, "token": TokenHead}
+_HEADS = {"cascade": CascadeHead, "token": TokenHead, "mixture": MixtureHead}
 
 
 def build_head(config: Mapping[str, Any]) -> Head:

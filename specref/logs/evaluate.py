@@ -193,6 +193,12 @@ def evaluate(
                 rows += [_row(rule, "token", alpha, loss, o) for loss in losses]
         for name, head in heads.items():
             est = estimates[name]
+            if head.kind == "mixture":
+                # the sampled loss and the rejection of (1 - w) q + w p are linear in w; its argmax loss is not
+                # the mixture of the two models' (the mixture's argmax can be a third token): sampled rows only
+                o = cascade_outcome(rules.mixture_weight(est, alpha), summary)
+                rows += [_row(name, head.kind, alpha, loss, o) for loss in losses if loss == "sampled"]
+                continue
             if head.kind == "cascade":
                 o = cascade_outcome(cascade_decisions("learned", summary, alpha, estimates=est), summary)
             else:

@@ -117,7 +117,8 @@ def cascade_decisions(
 
 
 def cascade_outcome(defer: Tensor, summary: Mapping[str, Tensor]) -> Outcome:
-    """Outcome of whole-position decisions ``defer`` ``[N]`` (bool or 0/1)."""
+    """Outcome of whole-position decisions ``defer`` ``[N]`` (bool, 0/1, or a mixture's weights in [0, 1]:
+    then the sampled loss and the rejection are exact, the argmax loss is not the mixture's)."""
     r = defer.double()
     arg = realized_losses(summary, "argmax", "reference").double()
     smp = realized_losses(summary, "sampled", "reference").double()
