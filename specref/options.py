@@ -210,8 +210,9 @@ def add_reproduce_arguments(p: argparse.ArgumentParser, default_sweep: str = "ma
     g.add_argument("--alphas", default=None,
                    help="alphas for every method ('0,0.5,1') or per method ('chow=0,0.5;token_v3=0.2,0.8') "
                         "(default: each method's grid)")
-    g.add_argument("--head", default=None, metavar="PATH",
-                   help="trained deferral head: adds SpecCascade [Learned] (default: none)")
+    g.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
+                   help="trained deferral head: PATH adds SpecCascade [Learned] (method learned), NAME=PATH adds "
+                        "method learned_NAME; repeatable, to compare heads on the same rows (default: none)")
     add_plugins(g)
     s = p.add_argument_group("decoding")
     s.add_argument("--temperature", type=nonneg_float, default=None,

@@ -102,8 +102,11 @@ def _sharded_relaunch(args: argparse.Namespace, device: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from specref.repro.reproduce import config_from_args, reproduce
 
+    from specref.repro.heads import register_heads
+
     t0 = time.perf_counter()
-    cfg = config_from_args(args)
+    head, named = register_heads(args.head)  # bad heads are refused before any process starts
+    cfg = config_from_args(args, heads=tuple(named))
     device = _device(args.device)
     if args.tp_size > 1:
         return _sharded_relaunch(args, device)
@@ -113,10 +116,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads or 1)
-    from specref.loading import load_head
     from specref.repro.setups import check_built, select_setups
 
-    head = load_head(args.head) if args.head is not None else None
     setups = select_setups(args.task, args.pair, args.config, args.standin)
     check_built(setups, args.standin)
     from specref.repro.hf import HFBackend
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
               f"{device}, engine {args.engine}, {'full' if cfg.full else 'quick'} mode, sweep {cfg.sweep}",
               file=sys.stderr)
         backend = HFBackend.from_setup(setup, device=device, head=head, engine=args.engine)
-        result = reproduce(setup, args.out, cfg, backend=backend, device=device, head=head)
+        result = reproduce(setup, args.out, cfg, backend=backend, device=device, head=head, named_heads=named)
         print(result.table)
         for claim in result.claims:
             print(f"claim: {claim.claim}: {claim.verdict} ({claim.evidence})")

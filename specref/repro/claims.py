@@ -78,7 +78,7 @@ def _match(rows: Sequence[Mapping[str, Any]], temperature: float, gamma: int, to
 
 
 def _winners(s: Summary) -> tuple[list[str], list[str]]:
-    methods = [m for m in s.methods if m.method != "learned"]
+    methods = [m for m in s.methods if not m.method.startswith("learned")]  # learned and learned_NAME
     a = max((_nan_low(m.speedup) for m in methods), default=-math.inf)
     b = max((_nan_low(m.best_quality) for m in methods), default=-math.inf)
     wa = [m.method for m in methods if a > -math.inf and _nan_low(m.speedup) >= a - 1e-12]

@@ -119,7 +119,8 @@ def _dist() -> tuple[Any, int, int, int]:
 
 
 def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = None, engine: str = "plain",
-                    backend: Any = None, tp_size: int = 1) -> tuple[Any, dict[str, Any]]:
+                    backend: Any = None, tp_size: int = 1,
+                    named_heads: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Decode ``setup``'s pending sweep across the ranks; on rank 0 write it exactly as ``reproduce`` would.
 
     ``tp_size`` > 1: the ranks hold shards of one target (:mod:`specref.sharding`), so every rank decodes every
@@ -192,7 +193,8 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
         }
         timing["decode_seconds_max"] = max(x["decode_seconds"] for x in timing["ranks"])
         timing["decode_seconds_sum"] = sum(x["decode_seconds"] for x in timing["ranks"])
-        result = reproduce(setup, out, cfg, backend=MergedBackend(backend, merged), device=device, head=head)
+        result = reproduce(setup, out, cfg, backend=MergedBackend(backend, merged), device=device, head=head,
+                           named_heads=named_heads)
         timing["total_seconds"] = time.perf_counter() - t_start
     if dist is not None:
         dist.barrier()
@@ -201,7 +203,7 @@ def run_distributed(setup: Any, out: str, cfg: Any, device: str, head: Any = Non
 
 def main(argv: list[str] | None = None) -> int:
     # the options are `specref reproduce`'s, defined once below both this module and the command line
-    from specref.loading import load_head, resolve_device
+    from specref.loading import resolve_device
     from specref.options import add_reproduce_arguments
     from specref.repro.reproduce import config_from_args
     from specref.repro.setups import check_built, select_setups
@@ -246,15 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None or device == "cpu":
         torch.set_num_threads(args.threads or 1)
     try:
-        cfg = config_from_args(args)
+        from specref.repro.heads import register_heads
+
+        head, named = register_heads(args.head)
+        cfg = config_from_args(args, heads=tuple(named))
         if rank != 0:
             cfg.progress = False
-        head = load_head(args.head) if args.head is not None else None
         setups = select_setups(args.task, args.pair, args.config, args.standin)
         check_built(setups, args.standin)
         timings = []
         for setup in setups:
-            result, timing = run_distributed(setup, args.out, cfg, device, head, args.engine, tp_size=args.tp_size)
+            result, timing = run_distributed(setup, args.out, cfg, device, head, args.engine, tp_size=args.tp_size,
+                                             named_heads=named)
             timings.append({"setup": setup.name, **timing})
             if rank == 0 and result is not None:
                 print(result.table)

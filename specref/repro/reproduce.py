@@ -81,6 +81,8 @@ class ReproConfig:
     interpolate: bool = True
     progress: bool = True
     plots: bool = True
+    #: method keys of named heads (``--head NAME=PATH``, :mod:`specref.repro.heads`): they join every sweep
+    heads: tuple[str, ...] = ()
 
 
 def config_from_text(methods: str | None = None, alphas: str | None = None, **settings: Any) -> ReproConfig:
@@ -92,16 +94,19 @@ def config_from_text(methods: str | None = None, alphas: str | None = None, **se
         keys = tuple(m.strip() for m in methods.split(",") if m.strip())
         for m in keys:
             get_method(m)
-    # without methods an alpha may name a default method, the head's (learned) or ensemble
-    parsed = parse_alpha_overrides(alphas, keys or DEFAULT_METHODS + ("learned", "ensemble"))
+    named = tuple(settings.get("heads", ()))
+    # without methods an alpha may name a default method, the head's (learned) or ensemble; named heads always
+    allowed = tuple(dict.fromkeys((*(keys or DEFAULT_METHODS + ("learned", "ensemble")), *named)))
+    parsed = parse_alpha_overrides(alphas, allowed)
     return ReproConfig(methods=keys, alphas=parsed, **settings)
 
 
-def config_from_args(args: argparse.Namespace) -> ReproConfig:
+def config_from_args(args: argparse.Namespace, heads: Sequence[str] = ()) -> ReproConfig:
     """The :class:`ReproConfig` that the options of :func:`specref.options.add_reproduce_arguments` ask for
-    (``specref reproduce``, ``specref sweep`` and the torchrun workers parse the same options)."""
+    (``specref reproduce``, ``specref sweep`` and the torchrun workers parse the same options); ``heads``: the
+    method keys of the named heads :func:`specref.repro.heads.register_heads` registered."""
     return config_from_text(
-        args.methods, args.alphas, full=args.full, sweep=args.sweep, temperature=args.temperature,
+        args.methods, args.alphas, heads=tuple(heads), full=args.full, sweep=args.sweep, temperature=args.temperature,
         gamma=args.gamma, top_p=args.top_p, seeds=args.seed, split=args.split, max_examples=args.max_examples,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cost_ratio=args.cost_ratio,
         axis=args.axis, tol=args.match_tol, interpolate=not args.no_interpolate,
@@ -169,6 +174,7 @@ def sweep_plan(r: dict[str, Any], cfg: ReproConfig, has_head: bool) -> tuple[lis
     methods = [m for m in r["methods"] if has_head or not get_method(m).needs_head]
     if has_head and "learned" not in methods and not cfg.methods:
         methods.append("learned")
+    methods += [m for m in cfg.heads if m not in methods]
     main = Setting(r["temperature"], r["gamma"], r["top_p"])
     parts: dict[str, list[Setting]] = {}
     if cfg.sweep in ("main", "all"):
@@ -184,6 +190,7 @@ def sweep_plan(r: dict[str, Any], cfg: ReproConfig, has_head: bool) -> tuple[lis
     robust_methods = [m for m in (cfg.methods or ROBUSTNESS_METHODS) if has_head or not get_method(m).needs_head]
     if has_head and "learned" not in robust_methods and not cfg.methods:
         robust_methods.append("learned")
+    robust_methods += [m for m in cfg.heads if m not in robust_methods]
     for f in factors:
         settings = list(ROBUSTNESS[f])
         parts[f] = settings
@@ -200,11 +207,14 @@ def reproduce(
     backend: Backend | None = None,
     device: str = "cpu",
     head: Any = None,
+    named_heads: dict[str, Any] | None = None,
 ) -> ReproResult:
     """Run (or resume) the sweep of ``setup`` and write everything under ``out / setup.folder``.
 
     ``backend`` defaults to :class:`~specref.repro.hf.HFBackend` on ``device``; ``head`` is a loaded
-    deferral head for the ``learned`` method (set on ``backend`` when one is given).
+    deferral head for the ``learned`` method (set on ``backend`` when one is given); ``named_heads``:
+    ``{method key: head}`` of the named heads (registered rules, :mod:`specref.repro.heads`), whose weights'
+    hashes go into ``run.json`` so that a resume with other weights under the same name is refused.
     """
     from specref import __version__
 
@@ -224,7 +234,8 @@ def reproduce(
         backend = HFBackend.from_setup(setup, device=device, head=head)
     elif head is not None:
         backend.head = head  # a given backend decodes the learned rule with this head from now on
-    head_sha = _check_same_head(out_dir, head if head is not None else getattr(backend, "head", None))
+    shas = _check_same_heads(out_dir, {"learned": head if head is not None else getattr(backend, "head", None),
+                                       **(named_heads or {})})
     c, c_source = backend.cost_ratio()
     if cfg.cost_ratio is not None:
         c, c_source = float(cfg.cost_ratio), "given"
@@ -236,7 +247,8 @@ def reproduce(
     atomic_write(out_dir / "run.json", json.dumps({
         "setup": setup.name, "pair": setup.pair, "task": setup.task.name, "device": backend.device,
         "cost_ratio": c, "cost_ratio_source": c_source, "n_examples": len(examples),
-        "example_ids": [str(e.id) for e in examples], "points": len(points), "head_sha256": head_sha,
+        "example_ids": [str(e.id) for e in examples], "points": len(points), "head_sha256": shas.get("learned"),
+        "heads_sha256": {k: v for k, v in shas.items() if k != "learned"},
         "config": {**asdict(cfg), **{k: v for k, v in r.items()}},
     }, indent=1, default=str) + "\n")
     store = PointStore(out_dir / "points.csv")
@@ -250,22 +262,29 @@ def reproduce(
     return ReproResult(out_dir, rows, summaries, report, files, table, claims)
 
 
-def _check_same_head(out_dir: Path, head: Any) -> str | None:
-    """The head's weights sha256 (None without a head, or for one not loaded from a folder). A folder whose
-    ``run.json`` recorded another head while its ``points.csv`` holds learned rows is refused: the rows'
-    key has no head in it, so resuming would keep the old head's rows as if this head had decoded them."""
-    sha = getattr(head, "weights_sha256", None) if head is not None else None
+def _check_same_heads(out_dir: Path, heads: dict[str, Any]) -> dict[str, str]:
+    """``{method: the head's weights sha256}`` (heads that are None, or not loaded from a folder, left out).
+    A folder whose ``run.json`` recorded another head for a method while its ``points.csv`` holds rows of that
+    method is refused: the rows' key has no head in it, so resuming would keep the old head's rows as if this
+    head had decoded them."""
+    shas = {m: getattr(h, "weights_sha256", None) for m, h in heads.items() if h is not None}
+    shas = {m: sha for m, sha in shas.items() if sha is not None}
     meta, points = out_dir / "run.json", out_dir / "points.csv"
-    if sha is None or not meta.is_file() or not points.is_file():
-        return sha
+    if not shas or not meta.is_file() or not points.is_file():
+        return shas
     try:
-        before = json.loads(meta.read_text()).get("head_sha256")
-    except (OSError, ValueError, AttributeError):
-        return sha  # an unreadable run.json is rewritten below; the store checks its own rows
-    if before and before != sha and any(r["method"] == "learned" for r in PointStore(points).read()):
-        raise ValueError(f"{points} holds learned rows of another head (weights sha256 {before[:12]}, this head's "
-                         f"{sha[:12]}); use another --out, or remove those rows")
-    return sha
+        saved = json.loads(meta.read_text())
+        before = {**saved.get("heads_sha256", {}), "learned": saved.get("head_sha256")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return shas  # an unreadable run.json is rewritten below; the store checks its own rows
+    changed = [m for m, sha in shas.items() if before.get(m) and before[m] != sha]
+    if changed:
+        methods = {r["method"] for r in PointStore(points).read()}
+        for m in changed:
+            if m in methods:
+                raise ValueError(f"{points} holds {m} rows of another head (weights sha256 {before[m][:12]}, this "
+                                 f"head's {shas[m][:12]}); use another --out, or remove those rows")
+    return shas
 
 
 def _inside(out_dir: Path, out: Path) -> Path:

@@ -69,7 +69,7 @@ def summary_rows(points: Path, axis: str = "latency_model") -> list[dict[str, st
                 "best_delta_per_seed": " ".join(_f(x) or "nan" for x in s.best_delta_per_seed),
                 "cost_axis": axis, "match_level": _f(avg.match_level), "noise_se": _f(avg.noise.se),
             }
-            if s.method == "learned":
+            if s.method.startswith("learned"):  # the unnamed head (learned) and named ones (learned_NAME)
                 pairs = ((best_speed, "speedup", "speedup"), (best_quality, "best_delta", "quality"))
                 for best, quantity, name in pairs:
                     if best is None:  # none decoded, or none reaches the target's quality / fits its budget
