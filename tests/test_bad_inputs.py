@@ -142,7 +142,7 @@ def test_bad_learned_heads():
         def estimate(self, *a, **k):
             return None
 
-    with pytest.raises(ValueError, match="head with kind 'cascade' or 'token'"):
+    with pytest.raises(ValueError, match="head with kind 'cascade', 'token' or 'mixture'"):
         rules.get("learned", head=NoKind())
 
     class WrongShapeCascade(PluginCascadeHead):

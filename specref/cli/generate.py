@@ -27,7 +27,6 @@ from specref.defaults import (
     DEFAULT_TEMPERATURE,
     METHODS,
     RULE_METHODS,
-    STATIC_ENGINES,
 )
 from specref.options import (
     add_cost_ratio,
@@ -73,8 +72,8 @@ def register(subparsers: Any) -> None:
                    help=f"drafts per round of the speculative methods (default: {DEFAULT_GAMMA})")
     p.add_argument("--gamma-policy", choices=("fixed", "adaptive"), default="fixed",
                    help="fixed: every round drafts --gamma; adaptive: each round drafts 1..--gamma (0, a plain target "
-                        "step, for specdecode), chosen from the running acceptance and --cost-ratio (engines plain "
-                        "and fast; same law) (default: fixed)")
+                        "step, for specdecode), chosen from the running acceptance and --cost-ratio (every engine; "
+                        "the static ones capture or compile one shape per block size used; same law) (default: fixed)")
     pr = p.add_argument_group("prompts")
     pr.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch (default: none)")
     pr.add_argument("--prompt-file", help="file with one prompt per line, added to --prompt (default: none)")
@@ -139,9 +138,6 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.gamma_policy != "fixed":
         if not speculative:
             raise ValueError(f"--gamma-policy only applies to the speculative rules, not to {args.rule!r}")
-        if args.engine in STATIC_ENGINES:  # before loading models
-            raise ValueError(f"--gamma-policy {args.gamma_policy} needs --engine plain or fast (engine "
-                             f"{args.engine!r} captures one block size)")
         opts["gamma_policy"] = args.gamma_policy
     if speculative and args.bonus != "pi":
         opts["bonus"] = args.bonus
