@@ -3,8 +3,10 @@ rule against the best fixed rule, paired by seed (specref.repro.seed_spread).
 
     python -m training.deferral.online_summary RUN_DIR [RUN_DIR ...] --out results/learned/online_summary.csv
 
-Each ``RUN_DIR`` is a ``specref reproduce --out`` folder (one subfolder with a ``points.csv`` per pair). One
-CSV row per (pair, setting, method); the learned rule's rows also carry, for each of the two numbers, the best
+Each ``RUN_DIR`` is a ``specref reproduce --out`` folder (one subfolder with a ``points.csv`` per pair); the
+rows of a pair's folders in several run folders are merged (the first run folder's row wins where two decoded
+the same point: the target and draft rows every run has), so a sweep split over processes is summarised as one.
+One CSV row per (pair, setting, method); the learned rule's rows also carry, for each of the two numbers, the best
 fixed rule on the seed-averaged curve, the mean paired difference, its spread and the verdict ("better" only
 when the mean difference exceeds both methods' seed spreads and every seed agrees). A Markdown twin is
 written next to the CSV.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from specref.atomic import write_atomic
 from specref.repro.seed_spread import compare, seed_spread
-from specref.repro.store import PointStore
+from specref.repro.store import PointStore, row_key
 from specref.repro.summary import CONTEXT_COLUMNS
 
 #: the paper's plug-in rules and cascades a learned rule has to beat (whichever of them a run decoded)
@@ -45,9 +47,21 @@ def _best(spreads, key):
     return max(fixed, key=lambda s: getattr(s, key)) if fixed else None
 
 
-def summary_rows(points: Path, axis: str = "latency_model") -> list[dict[str, str]]:
-    """The CSV rows of one ``points.csv``: one per (setting, method)."""
-    rows = PointStore(points).read()
+def merged_rows(points: list[Path]) -> list[dict]:
+    """The rows of several ``points.csv`` of one pair, each point once (the first file's copy)."""
+    seen, rows = set(), []
+    for path in points:
+        for r in PointStore(path).read():
+            key = row_key(r)
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    return rows
+
+
+def summary_rows(points: Path | list[Path], axis: str = "latency_model") -> list[dict[str, str]]:
+    """The CSV rows of one pair's ``points.csv`` (or several, merged): one per (setting, method)."""
+    rows = merged_rows(points if isinstance(points, list) else [points])
     by_setting = defaultdict(list)
     for r in rows:
         by_setting[tuple(r.get(c) for c in CONTEXT_COLUMNS)].append(r)
@@ -108,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--axis", default="latency_model", choices=("latency_model", "latency_wall", "rejection_rate"),
                     help="cost axis (default: latency_model, deterministic)")
     args = ap.parse_args(argv)
-    points = sorted(p for run in args.runs for p in run.glob("*/points.csv"))
-    if not points:
+    by_pair: dict[str, list[Path]] = defaultdict(list)
+    for run in args.runs:
+        for p in sorted(run.glob("*/points.csv")):
+            by_pair[p.parent.name].append(p)
+    if not by_pair:
         print(f"online_summary: error: no */points.csv under {', '.join(map(str, args.runs))}", file=sys.stderr)
         return 2
-    rows = [r for p in points for r in summary_rows(p, args.axis)]
+    rows = [r for pair in sorted(by_pair) for r in summary_rows(by_pair[pair], args.axis)]
+    points = [p for ps in by_pair.values() for p in ps]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
