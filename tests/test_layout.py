@@ -30,6 +30,7 @@ CROSS_CUTTING = {
     "test_layout.py": "this file: the layout of tests/ itself",
     "test_learned_pipeline.py": "logs -> training -> export -> evaluate -> decode, end to end",
     "test_learned_tables.py": "training/deferral/tables.py, which lives outside the package",
+    "test_online_summary.py": "training/deferral/online_summary.py, which lives outside the package",
     "test_rules_registry.py": "rules.register as seen by the decoder, the logs, reproduce and the CLI plugins",
     "test_statistical.py": "statistical checks of the verifier and block sampler, and the test statistics used",
     "test_zoo_training.py": "training/zoo, which lives outside the package",
