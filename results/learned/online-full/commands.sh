@@ -8,7 +8,7 @@
 # learned rules, each writing its own folder; online_summary merges a pair's folders.
 # Usage: bash results/learned/online-full/commands.sh OUT [extra reproduce options, e.g. --device cuda]
 # (SPECREF="python -m specref" where the package is on PYTHONPATH but not installed; LIMIT=SECONDS stops
-# each process after that long, keeping the points it finished)
+# each process after that long, keeping the points it finished; PAIRS="a b" runs only those pairs)
 set -euo pipefail
 out=${1:?usage: commands.sh OUT [options]}
 shift
@@ -19,7 +19,7 @@ token="-0.1,0,0.05,0.1,0.15,0.2,0.3,0.4,0.5,0.7"
 learned="learned=-2,-1,-0.5,-0.25,-0.1,0,0.1,0.25,0.5,1,2;learned_token=$token;learned_token_v=$token"
 learned="$learned;learned_mixture_v=-1,0,0.25,0.5,1,2,4"
 run() { if [ -n "${LIMIT:-}" ]; then timeout "$LIMIT" "$@" || true; else "$@"; fi; }
-for pair in arith-llama bible-en-es-t5 stdlib-doc-t5; do
+for pair in ${PAIRS:-arith-llama bible-en-es-t5 stdlib-doc-t5}; do
   h=results/learned/$pair
   run $specref reproduce --pair "$pair" --full --seed 0,1,2 --methods specdecode,chow,diff,opt,token_v3 \
       --alphas "$fixed" --no-plot --no-progress --out "$out/fixed" "$@" > "$out/$pair-fixed.log" 2>&1 &
