@@ -35,6 +35,7 @@ Usage::
 
     PYTHONUNBUFFERED=1 python bench/suite.py --out bench/results/h100          # the GPU run
     python bench/suite.py --smoke --out /tmp/smoke                             # CPU, tiny, < 60 s
+    python bench/suite.py --assisted-cpu --out bench/results/cpu-assisted      # CPU: policy vs assisted generation
     specref bench ...                                                           # the same, via the CLI
 
 Needs torch and transformers 5.x; ``tokenizers`` optional (byte vocabulary without it); no network.
@@ -90,7 +91,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--batch-sizes", default=None, help="default 1,8,16,32 (smoke 1,2,4)")
     ap.add_argument("--requests", type=int, default=None,
                     help="prompts decoded one after the other at batch 1 (default 4; smoke 2)")
-    ap.add_argument("--repeats", type=int, default=1, help="timed runs per configuration, best kept (default: 1)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs per configuration, best kept (default: 1; --assisted-cpu: 3 paired passes)")
     ap.add_argument("--engines", default=None,
                     help="specref engines, in priority order (default on a GPU graph,compile-graph: the eager engines "
                          "take minutes at batch 1, add fast,plain to compare them; on a CPU fast,plain; smoke "
@@ -123,6 +125,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                     help="run only the realistic-size section instead (bench/realistic.py: 7B target, 1B and "
                          "0.5B-class drafts, random bf16 weights; takes --out, --smoke, --device, --budget-s, "
                          "--gamma, --alpha, --max-new-tokens, --batch-sizes, --requests, --repeats, --no-hf, --seed)")
+    ap.add_argument("--assisted-cpu", action="store_true",
+                    help="run only the CPU comparison of the block-size policy with transformers' assisted generation "
+                         "instead (bench/assisted_cpu.py: zoo pair arith-llama, 32 test prompts at batch 1, paired "
+                         "passes; takes --out, --smoke, --gamma, --temperature, --max-new-tokens, --requests (the "
+                         "prompts), --repeats, --seed)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="measure nothing: recompute the targets of a finished run's JSON and rewrite it and "
                          "its markdown after a change to the summary, leaving the measurements untouched "
@@ -158,11 +165,26 @@ def _realistic(args: argparse.Namespace) -> int:
 
     ns = realistic.build_parser().parse_args([])
     for k in ("out", "smoke", "device", "budget_s", "gamma", "alpha", "max_new_tokens", "batch_sizes", "requests",
-              "repeats", "seed"):
+              "seed"):
         setattr(ns, k, getattr(args, k))
+    ns.repeats = 1 if args.repeats is None else args.repeats
     if args.no_hf:
         ns.parts = "core,compile"
     return realistic.run(ns)
+
+
+def _assisted_cpu(args: argparse.Namespace) -> int:
+    """The CPU comparison with transformers' assisted generation (bench/assisted_cpu.py) with this parser's
+    options; the ones left unset keep that section's defaults."""
+    from bench import assisted_cpu
+
+    ns = assisted_cpu.build_parser().parse_args([])
+    for k in ("out", "smoke", "gamma", "temperature", "max_new_tokens", "repeats", "seed"):
+        if getattr(args, k) is not None:
+            setattr(ns, k, getattr(args, k))
+    if args.requests is not None:
+        ns.examples = args.requests
+    return assisted_cpu.run(ns)
 
 
 def _fill_defaults(args: argparse.Namespace, smoke: bool, cuda: bool) -> None:
@@ -170,7 +192,7 @@ def _fill_defaults(args: argparse.Namespace, smoke: bool, cuda: bool) -> None:
     defaults = {"max_new_tokens": 8 if smoke else 128, "requests": 2 if smoke else 4,
                 "target_seconds": 3 if smoke else 90, "draft_seconds": 2 if smoke else 45,
                 "corpus_mb": 0.4 if smoke else 30, "vocab": 384 if smoke else 8192,
-                "budget_s": 45 if smoke else 480, "batch_sizes": "1,2,4" if smoke else "1,8,16,32",
+                "budget_s": 45 if smoke else 480, "batch_sizes": "1,2,4" if smoke else "1,8,16,32", "repeats": 1,
                 # measured on H100 / H200: the eager engines need ~15 ms of host time per 24-layer forward, so
                 # timing them at batch 1 ate most of a 480 s budget; graphs are 5-8x faster
                 "engines": "fast,graph,plain" if smoke else ("graph,compile-graph" if cuda else "fast,plain")}
@@ -475,6 +497,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the suite with parsed arguments (``specref bench`` calls this)."""
     if getattr(args, "realistic", False):
         return _realistic(args)
+    if getattr(args, "assisted_cpu", False):
+        return _assisted_cpu(args)
     clock.restart()
     suite = SuiteRun(args)
     for step in (suite.environment, suite.train_pair, suite.pick_prompts, suite.load_head, suite.decode_grid,

@@ -245,3 +245,57 @@ def test_committed_realistic_reports_match_their_measurements(name, tmp_path):
     R = json.loads(src.read_text())
     assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
     assert R["models"]["target"]["params"] > 7e9 and not R["errors"]
+
+
+# ---- the CPU comparison with transformers' assisted generation (bench/assisted_cpu.py) --------------------------
+
+
+def test_assisted_cpu_smoke_times_every_configuration_on_the_same_prompts(tmp_path):
+    """``--assisted-cpu --smoke``: the zoo pair arith-llama, 2 prompts, 6 tokens, one pass; every configuration
+    decodes, the counts are those of its algorithm, the policies get the calibrated costs, and the markdown is
+    what the JSON renders to."""
+    from bench import assisted_cpu
+
+    out = tmp_path / "assisted"
+    assert _suite().main(["--assisted-cpu", "--smoke", "--out", str(out)]) == 0  # through the suite's flag
+    R = json.loads(out.with_suffix(".json").read_text())
+    assert R["section"] == "assisted-cpu" and R["smoke"] and not R["errors"]
+    assert R["pair"]["name"] == "arith-llama" and R["prompts"]["examples"] == 2 and len(R["passes"]) == 1
+    C = R["calibration"]
+    assert C["c"] > 0 and C["verify_slope"] >= 0 and C["outside_ms_per_round"] > 0
+    assert C["policy"].startswith(f"AdaptiveGamma(c={C['c']!r}, verify_slope={C['verify_slope']!r}, ")
+    S = R["summary"]["configs"]
+    assert list(S) == [k for k, _ in assisted_cpu.CONFIGS]
+    for key, row in S.items():
+        assert row["tokens_per_s"]["median"] > 0 and row["target_calls_per_token"] > 0, key
+        assert row["ms_per_token"] >= row["draft_fwd_ms_per_token"] + row["target_fwd_ms_per_token"], key
+    for key in ("hf/target", "specref/target"):
+        assert S[key]["draft_calls_per_token"] == 0 and "acceptance" not in S[key]
+    assert S["hf/target"]["target_calls_per_token"] == 1.0  # its prefill gives the first token
+    gamma = R["args"]["gamma"]
+    assert S["specref/specdecode/fixed"]["gamma_share"] == {str(gamma): 1.0}
+    assert all(int(g) <= gamma for g in S["hf/assisted/constant"]["gamma_share"])
+    for key in ("hf/assisted/default", "hf/assisted/constant", "specref/specdecode/fixed", assisted_cpu.POLICY):
+        assert 0 <= S[key]["acceptance"] <= 1 and S[key]["rounds"] > 0, key
+        assert sum(S[key]["gamma_share"].values()) == pytest.approx(1.0)
+    assert all(0 <= int(g) <= gamma for g in S[assisted_cpu.POLICY]["gamma_share"])
+    assert isinstance(R["summary"]["target"]["met"], bool)
+    # the report is what its JSON renders to
+    copy = tmp_path / "copy.json"
+    copy.write_text(out.with_suffix(".json").read_text())
+    assert assisted_cpu.main(["--render", str(copy)]) == 0
+    assert (tmp_path / "copy.md").read_text() == out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("cpu-assisted-policy-*.md")))
+def test_committed_assisted_cpu_reports_match_their_measurements(name, tmp_path):
+    """A committed CPU comparison with assisted generation is exactly what its own JSON renders to."""
+    from bench import assisted_cpu
+
+    src = REPO / "bench" / "results" / f"{name}.json"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text(src.read_text())
+    assert assisted_cpu.main(["--render", str(copy)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
+    R = json.loads(src.read_text())
+    assert not R["smoke"] and not R["errors"] and R["prompts"]["examples"] >= 32
