@@ -1,4 +1,5 @@
-"""The engine table (specref.decode.engines): its names, the static check, and the engine choices refused."""
+"""The engine table (specref.decode.engines): its names, the static check (what the static engines still
+refuse), and the engine choices refused."""
 
 from __future__ import annotations
 
@@ -29,18 +30,43 @@ def test_get_engine_names_the_bad_value():
         get_engine(3)
 
 
+def _chunked_llama():
+    """A Llama whose config claims chunked-attention layers (Llama 4's kind), which no static mask describes."""
+    from specref.decode.testing import tiny_model
+
+    model = tiny_model("llama")
+    model.config.layer_types = ["chunked_attention", "full_attention"]
+    return model
+
+
 def test_the_static_check_is_one_message_for_decoders_and_sessions():
-    t5d, t5t = toy_pair("t5")
+    draft, target = toy_pair("llama")
+    chunked = _chunked_llama()
     with pytest.raises(ValueError) as from_decoder:
-        make_decoder(t5d, t5t, "specdecode", engine="static")
-    dec = make_decoder(t5d, t5t, "specdecode", engine="fast")
+        make_decoder(chunked, target, "specdecode", engine="static")
+    dec = make_decoder(chunked, target, "specdecode", engine="fast")  # dynamic engines take any model
     with pytest.raises(ValueError) as from_check:
         check_static_models(ENGINE_TABLE["static"], (dec.draft,))
     assert str(from_decoder.value) == str(from_check.value)
-    assert "engine 'static' needs causal models without sliding-window attention; the draft is 't5'" in str(
-        from_check.value
+    assert str(from_check.value) == (
+        "engine 'static' builds full and sliding-window masks only; the draft ('llama') has layer types "
+        "['chunked_attention']: use engine='fast' or 'plain'"
     )
-    check_static_models(ENGINE_TABLE["fast"], (dec.draft,))  # dynamic engines take any model
+    check_static_models(ENGINE_TABLE["fast"], (dec.draft,))
+    # T5 and sliding-window models are static models now
+    t5d, t5t = toy_pair("t5")
+    check_static_models(ENGINE_TABLE["graph"], (make_decoder(t5d, t5t, "specdecode", engine="graph").draft,))
+
+
+def test_a_t5_whose_output_scale_is_unknown_is_refused():
+    """The static engines run T5's decoder blocks themselves, so they must know whether the model scales the
+    decoder's output before its LM head; a transformers release whose T5 config does not say is refused."""
+    t5d, t5t = toy_pair("t5")
+    dec = make_decoder(t5d, t5t, "specdecode", engine="fast")
+    dec.target.decoder_output_scale = None
+    with pytest.raises(ValueError, match=r"engine 'compile' cannot tell whether .* scales the target's \('t5'\) "
+                                         "decoder output"):
+        check_static_models(ENGINE_TABLE["compile"], (dec.draft, dec.target))
 
 
 def test_engine_errors():
@@ -49,9 +75,8 @@ def test_engine_errors():
         make_decoder(draft, target, "specdecode", engine="turbo")
     with pytest.raises(ValueError, match="speculative and single-model"):
         make_decoder(draft, target, "bild", alpha=0.3, engine="static")
-    t5d, t5t = toy_pair("t5")
-    with pytest.raises(ValueError, match="causal models"):
-        make_decoder(t5d, t5t, "specdecode", engine="graph")
+    with pytest.raises(ValueError, match="full and sliding-window masks only"):
+        make_decoder(draft, _chunked_llama(), "specdecode", engine="graph")
 
     class HiddenHead(TokenHead):
         wants_hidden = True

@@ -68,8 +68,8 @@ def _simulate_graphs(monkeypatch):
 
     original_init = static.StaticEngine.__init__
 
-    def init(self, adapter, batch, capacity, engine):
-        original_init(self, adapter, batch, capacity, engine)
+    def init(self, adapter, batch, capacity, engine, *args):
+        original_init(self, adapter, batch, capacity, engine, *args)
         self.use_graphs = engine in ("graph", "compile-graph")
 
     replays = {"n": 0}

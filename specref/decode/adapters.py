@@ -81,6 +81,16 @@ def _cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
 
 
+def _decoder_output_scale(config: Any) -> float | None:
+    """T5 v1.0 checkpoints scale the decoder's output by ``d_model ** -0.5`` before the LM head; T5 v1.1 and mT5
+    do not. transformers records it as ``config.scale_decoder_outputs`` (T5; mT5 configs have no such field and
+    the mT5 forward never scales). None: a T5 config without the field, whose forward's choice is unknown here."""
+    scale = getattr(config, "scale_decoder_outputs", None)
+    if scale is None:
+        return None if config.model_type == "t5" else 1.0
+    return float(config.d_model) ** -0.5 if scale else 1.0
+
+
 class ModelAdapter:
     """A supported Hugging Face model and the facts the decoder needs about it.
 
@@ -130,6 +140,10 @@ class ModelAdapter:
         sliding = getattr(config, "sliding_window", None)
         layer_types = getattr(config, "layer_types", None) or ()
         self.sliding = bool(sliding) or any("sliding" in str(t) or "chunk" in str(t) for t in layer_types)
+        #: the sliding window in positions (None: no layer slides) and each layer's attention type, for the
+        #: static engines' own per-layer-type masks
+        self.window = sliding if isinstance(sliding, int) and sliding > 0 else None
+        self.layer_types = tuple(str(t) for t in layer_types) if self.sliding else ()
         #: T5's relative bias and sliding windows read slot distances: keep each row's slots contiguous.
         self.contiguous = self.is_seq2seq or self.sliding
         #: Build the 4D attention mask here (no host sync) unless the model needs per-layer-type masks
@@ -141,6 +155,9 @@ class ModelAdapter:
         self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
         if self.is_seq2seq and self.decoder_start_token_id is None:
             raise ValueError(f"{role} seq2seq model has no decoder_start_token_id in its config")
+        #: seq2seq: the factor on the decoder's output before the LM head (the static engines apply it, as
+        #: they run the decoder's blocks themselves); None where this transformers release does not say
+        self.decoder_output_scale = _decoder_output_scale(config) if self.is_seq2seq else None
         self.hidden_size = int(getattr(config, "d_model", None) or getattr(config, "hidden_size", 0) or 0)
         # transformers renamed ``past_key_values`` to ``cache`` (the old name warns from 5.2x and goes in 5.40)
         self.cache_kwarg = _cache_kwarg(model)
@@ -170,15 +187,13 @@ class ModelAdapter:
         b, w = input_ids.shape
         spec = get_engine(engine)
         if spec.static_shapes:
-            session: Any = StaticSession(self, b, capacity, vocab, spec, reserve)
+            session: Any = StaticSession(self, b, capacity, vocab, spec, reserve, enc_width=w)
         else:
             session = Session(self, b, capacity, vocab, prealloc=spec.preallocated)
         if self.is_seq2seq:
+            # the encoder runs once per call; its output is fixed for the call
             enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-            session.encoder_outputs = enc
-            # cross-attention mask [B, 1, 1, S], prepared once (transformers would re-derive it, with a host
-            # sync, at every step)
-            session.encoder_mask = session.format_mask(attention_mask.bool()[:, None, None, :])
+            session.set_encoder(enc, attention_mask)
             pending = torch.full((b,), int(self.decoder_start_token_id), dtype=torch.long, device=input_ids.device)
             pos = torch.zeros(b, dtype=torch.long, device=input_ids.device)
         else:
@@ -222,6 +237,13 @@ class Session:
     @property
     def batch(self) -> int:
         return self.table.valid.shape[0]
+
+    def set_encoder(self, encoder_outputs: Any, attention_mask: Tensor) -> None:
+        """The call's encoder output (seq2seq) and its ``[B, S]`` mask."""
+        self.encoder_outputs = encoder_outputs
+        # cross-attention mask [B, 1, 1, S], prepared once (transformers would re-derive it, with a host sync, at
+        # every step)
+        self.encoder_mask = self.format_mask(attention_mask.bool()[:, None, None, :])
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(

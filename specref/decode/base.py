@@ -195,8 +195,8 @@ class BaseDecoder:
     ``engine`` (see ``docs/performance.md``): ``"plain"`` (the
     reference path), ``"fast"`` (preallocated slot tables, a leaner round, fused rule + verification;
     identical outputs), or a static-shape engine, ``"static"``, ``"graph"`` (CUDA graphs of the model
-    forwards), ``"compile"`` / ``"compile-graph"`` (``torch.compile``), for causal models with the
-    speculative and single-model decoders.
+    forwards), ``"compile"`` / ``"compile-graph"`` (``torch.compile``), with the speculative and single-model
+    decoders.
     """
 
     method = "base"
@@ -387,7 +387,8 @@ class BaseDecoder:
 
     def _start(self, ad: ModelAdapter, ctx: CallContext, ids: Tensor, mask: Tensor) -> tuple[KVSession, Tensor, Tensor]:
         """Prefill ``ad`` on the prompts: ``(session, pending token [B], its position [B])``."""
-        cap = self._capacity(ids.shape[1], ctx.max_new)
+        # a seq2seq decoder holds the start token and the output only (the prompt is the encoder's)
+        cap = self._capacity(1 if ad.is_seq2seq else ids.shape[1], ctx.max_new)
         session, pending, pos = ad.start(ids, mask, self.vocab, cap, engine=self.engine_spec, reserve=self._reserve(ad))
         session.profiler = ctx.profiler
         if ad.is_seq2seq or ids.shape[1] > 1:

@@ -15,8 +15,8 @@ c.-graph  yes           yes            yes     yes       yes
 ========  ============  =============  ======  ========  ==========
 
 * preallocated: slot tables over ``[B, capacity]`` buffers (no concatenation per forward);
-* static shapes: every shape fixed for a whole call (:class:`~specref.decode.static.StaticSession`), causal
-  models without sliding-window attention only, no hidden states, no rollback by truncation;
+* static shapes: every shape fixed for a whole call (:class:`~specref.decode.static.StaticSession`): causal
+  models (sliding-window layers included) and T5 / mT5; no hidden states, no rollback by truncation;
 * graphs: the model forwards replayed as CUDA graphs (on CUDA; eager elsewhere);
 * compiled: the forward step under ``torch.compile(dynamic=False)``;
 * lean round: the speculative round of :mod:`specref.decode.rounds` (batched uniforms, one non-finite check
@@ -72,12 +72,21 @@ def get_engine(engine: str | Engine) -> Engine:
 
 
 def check_static_models(engine: Engine, adapters: Any) -> None:
-    """Static-shape engines need causal models without sliding-window attention whose masks we build."""
+    """Static-shape engines build every attention mask themselves: full attention, or a sliding window given
+    in positions (per layer type); for seq2seq models they also apply the decoder's output scale."""
     if not engine.static_shapes:
         return
     for ad in adapters:
-        if ad.is_seq2seq or ad.sliding or not ad.own_mask:
+        other = sorted(set(ad.layer_types) - {"full_attention", "sliding_attention"})
+        if ad.sliding and (ad.window is None or other):
+            kinds = f"layer types {other}" if other else "sliding layers without a window size"
             raise ValueError(
-                f"engine {engine.name!r} needs causal models without sliding-window attention; the {ad.role} is "
-                f"{ad.model_type!r}: use engine='fast' or 'plain'"
+                f"engine {engine.name!r} builds full and sliding-window masks only; the {ad.role} "
+                f"({ad.model_type!r}) has {kinds}: use engine='fast' or 'plain'"
+            )
+        if ad.is_seq2seq and ad.decoder_output_scale is None:
+            raise ValueError(
+                f"engine {engine.name!r} cannot tell whether this transformers release scales the {ad.role}'s "
+                f"({ad.model_type!r}) decoder output (its config has no scale_decoder_outputs): use engine='fast' "
+                "or 'plain'"
             )

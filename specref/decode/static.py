@@ -27,6 +27,25 @@ in chunks of at most ``gamma + 1``), each captured or compiled the first time it
 ``gamma + 1`` graphs or compiled shapes per model; no block is padded to a wider shape (a padded block would
 cost the target the full ``gamma + 1`` positions that a shorter round saves at large batch).
 
+Sliding-window layers (Mistral, Qwen2, Gemma 2/3, ...) get the same mask with a window: a query at position
+``p`` also needs ``p - position < window`` for each key, read off the slot table's positions, so holes left
+by rejected drafts do not shift the window as they would if it were counted in slots. Models whose layers
+differ (a ``layer_types`` list) get one mask per layer type, the dict transformers' own mask code builds.
+
+Encoder-decoders (T5, mT5): the encoder runs once per call (eagerly, at its own width) and its output is
+copied into a buffer of ``enc_cap`` positions (the width rounded up, masked beyond it), so the cross-attention
+shapes are fixed too. The cross-attention keys/values live in transformers' :class:`StaticLayer` s inside an
+:class:`EncoderDecoderCache` whose self-attention half is the static cache above: the call's first decoder
+forward runs eagerly and lets T5 compute them (``is_updated`` cleared at the call's start); every later
+forward, captured or compiled, reads them from those fixed buffers. T5's self-attention has no position ids:
+its relative position bias is computed inside the model from *slot* distances and one cache length per
+forward (``compute_bias(n, key_len, past_seen_tokens)``), which is wrong for a buffer with holes and rows of
+different lengths, and would bake a Python int into a captured graph. So the static step drives the
+decoder's blocks itself (:meth:`StaticEngine._decoder_step`): embeddings, then each ``T5Block`` with an
+explicit mask and the relative bias of every row computed from its logical positions with T5's own bucket
+function and bias table (the same values the dynamic session's contiguous rows get), then the final norm and
+the LM head. Attention, the cross-attention cache logic and the feed-forward layers stay transformers'.
+
 Outputs equal the dynamic session's up to floating-point rounding (attention reduces over the whole
 capacity, where masked slots contribute exact zeros, but kernels may sum in another order); tests check
 that sampled tokens are identical.
@@ -41,7 +60,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 
 from specref.decode.engines import Engine, check_static_models, get_engine
 from specref.decode.kvcache import allocate_kv, plan_compaction, slot_summary
@@ -63,6 +82,10 @@ def clear_static_engines() -> None:
 
 def _round_up(x: int, m: int = 128) -> int:
     return ((int(x) + m - 1) // m) * m
+
+
+#: Encoder widths are rounded up to a multiple of this (one static engine serves every width up to it).
+ENCODER_ROUND = 64
 
 
 class _Holder:
@@ -116,18 +139,23 @@ class StaticKVLayer(DynamicLayer):
 
 
 class StaticKVCache(DynamicCache):
-    """A cache of :class:`StaticKVLayer` s sharing one :class:`_Holder`."""
+    """A cache of :class:`StaticKVLayer` s sharing one :class:`_Holder`.
 
-    def __init__(self, holder: _Holder, capacity: int) -> None:  # noqa: D107
+    ``constant_length``: :meth:`get_seq_length` answers 0 instead of the holder's length. T5's attention reads
+    the length only to build the relative bias, which the static step passes in itself; a constant keeps the
+    changing length out of compiled guards (a recompilation per step) and out of captured graphs."""
+
+    def __init__(self, holder: _Holder, capacity: int, constant_length: bool = False) -> None:  # noqa: D107
         Cache.__init__(self, layer_class_to_replicate=partial(StaticKVLayer, holder, capacity))
         self.holder = holder
+        self.constant_length = constant_length
 
     @property
     def is_compileable(self) -> bool:  # type: ignore[override]
         return True
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.holder.length
+        return 0 if self.constant_length else self.holder.length
 
 
 class _Graph:
@@ -146,7 +174,7 @@ class _Graph:
 class StaticEngine:
     """Buffers, step function and graphs of one model at one (batch, capacity, engine)."""
 
-    def __init__(self, adapter: Any, batch: int, capacity: int, engine: str) -> None:
+    def __init__(self, adapter: Any, batch: int, capacity: int, engine: str, enc_cap: int | None = None) -> None:
         spec = get_engine(engine)
         dev = adapter.device
         self.adapter, self.model = adapter, adapter.model
@@ -156,7 +184,27 @@ class StaticEngine:
         self.pos = torch.full((batch, capacity), -1, dtype=torch.long, device=dev)
         self.kv_index = torch.arange(capacity, dtype=torch.long, device=dev)
         self.holder = _Holder()
-        self.cache = StaticKVCache(self.holder, capacity)
+        #: the (decoder's) self-attention cache
+        self.kv = StaticKVCache(self.holder, capacity, constant_length=adapter.is_seq2seq)
+        self.cache: Any = self.kv
+        #: seq2seq: encoder positions of the static encoder buffers, and whether the next forward must compute
+        #: the cross-attention keys/values of a new call (it then runs eagerly)
+        self.enc_cap = enc_cap
+        self.cross_pending = False
+        if adapter.is_seq2seq:
+            if enc_cap is None:
+                raise ValueError("a seq2seq static engine needs the encoder width (enc_cap)")
+            # transformers' own static layers hold the cross-attention keys/values (fixed addresses, reset in
+            # place per call); T5 fills them in the call's first forward and reads them afterwards
+            self.cross = Cache(layer_class_to_replicate=partial(StaticLayer, max_cache_len=enc_cap))
+            self.cache = EncoderDecoderCache(self.kv, self.cross)
+            self.enc_hidden: Tensor | None = None  # [B0, enc_cap, d_model]
+            self.enc_valid = torch.zeros((batch, enc_cap), dtype=torch.bool, device=dev)
+            self.enc_mask: Tensor | None = None  # [B0, 1, 1, enc_cap] in the attention's mask format
+            self.decoder = adapter.model.get_decoder()
+            #: the self-attention that owns T5's relative position bias table (the first decoder block's)
+            self.rel_attn = self.decoder.block[0].layer[0].SelfAttention
+            self.output_scale = adapter.decoder_output_scale
         self.graphs: dict[int, _Graph] = {}
         self.owner: Any = lambda: None  # weak reference to the session using the engine
         self.live_mask = torch.ones(batch, dtype=torch.bool, device=dev)
@@ -178,27 +226,86 @@ class StaticEngine:
             self._compiled = torch.compile(self._step, dynamic=False)
 
     # ---- the step: tables, mask, model --------------------------------------------------------------
+    def _format(self, allowed: Tensor) -> Tensor:
+        """``allowed`` ``[B0, n, k]`` bool as the attention's 4D mask: boolean for sdpa, additive for eager."""
+        allowed = allowed.unsqueeze(1)
+        if not self.adapter.eager:
+            return allowed
+        dt = self.adapter.dtype
+        return torch.zeros(allowed.shape, dtype=dt, device=allowed.device).masked_fill(~allowed, torch.finfo(dt).min)
+
     def _step(self, tok: Tensor, pos: Tensor, real: Tensor, widx: Tensor, last_only: bool = False) -> Tensor:
         ad = self.adapter
         self.valid.index_copy_(1, widx, real)
         self.pos.index_copy_(1, widx, torch.where(real, pos, torch.full_like(pos, -1)))
         w = widx.unsqueeze(1)  # [n, 1]
         kv = self.kv_index.unsqueeze(0)  # [1, cap]
-        allowed = (self.valid.unsqueeze(1) & (kv <= w).unsqueeze(0)) | (kv == w).unsqueeze(0)  # [B0, n, cap]
-        allowed = allowed.unsqueeze(1)
-        if ad.eager:
-            dt = ad.dtype
-            mask = torch.zeros(allowed.shape, dtype=dt, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(dt).min
-            )
-        else:
-            mask = allowed
+        causal = self.valid.unsqueeze(1) & (kv <= w).unsqueeze(0)  # [B0, n, cap]: live slots up to the query's
+        own = (kv == w).unsqueeze(0)  # a query always sees itself (junk queries are never fully masked)
+        if ad.is_seq2seq:
+            return self._decoder_step(tok, pos, self._format(causal | own))
+        full = self._format(causal | own)
+        mask: Any = full
+        if ad.sliding:
+            # the window counts positions, not slots: holes left by rejected drafts do not shift it
+            near = (pos.unsqueeze(2) - self.pos.unsqueeze(1)) < ad.window
+            window = self._format((causal & near) | own)
+            if ad.layer_types:  # one mask per layer type, as the model's own mask code would build them
+                mask = {t: window if t == "sliding_attention" else full for t in {"full_attention", *ad.layer_types}}
+            else:  # every layer slides (Mistral, Phi-3)
+                mask = window
         p = pos if ad.context is None else pos.clamp(max=ad.context - 1)
         kwargs: dict[str, Any] = {ad.cache_kwarg: self.cache, "use_cache": True, "return_dict": True}
         if last_only:
             kwargs["logits_to_keep"] = 1
         out = self.model(input_ids=tok, attention_mask=mask, position_ids=p, **kwargs)
         return out.logits
+
+    def _decoder_step(self, tok: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+        """Logits of a T5 decoder block of tokens ``tok`` at positions ``pos`` ``[B0, n]``, self-attention mask
+        ``mask`` ``[B0, 1, n, cap]`` (see the module docstring for why the blocks are driven from here)."""
+        ad, dec, attn = self.adapter, self.decoder, self.rel_attn
+        # relative position bias from logical positions: key position minus query position, per row; slots that
+        # are not live get some finite value and are masked
+        rel = self.pos.unsqueeze(1) - pos.unsqueeze(2)  # [B0, n, cap]
+        bucket = attn._relative_position_bucket(
+            rel,
+            bidirectional=not attn.is_decoder,
+            num_buckets=attn.relative_attention_num_buckets,
+            max_distance=attn.relative_attention_max_distance,
+        )
+        bias = attn.relative_attention_bias(bucket).permute(0, 3, 1, 2)  # [B0, H, n, cap]
+        hidden = dec.dropout(dec.embed_tokens(tok))
+        kw = {ad.cache_kwarg: self.cache}
+        for block in dec.block:
+            # (hidden, self-attention mask, its bias, encoder states, cross-attention mask, cross bias): every
+            # block gets the same self-attention bias, as T5 shares the first block's; the cross bias is zero
+            hidden = block(hidden, mask, bias, self.enc_hidden, self.enc_mask, None, **kw)[0]
+        hidden = dec.dropout(dec.final_layer_norm(hidden))
+        if self.output_scale != 1.0:
+            hidden = hidden * self.output_scale
+        return self.model.lm_head(hidden)
+
+    def set_encoder(self, hidden: Tensor, mask: Tensor) -> None:
+        """A new call's encoder output ``[B0, S, d]`` and mask ``[B0, S]`` (``S <= enc_cap``): copied into the
+        fixed buffers (masked beyond ``S``); the cross-attention keys/values are recomputed by the next forward."""
+        s = hidden.shape[1]
+        if self.enc_hidden is None:
+            self.enc_hidden = hidden.new_zeros((self.b0, self.enc_cap, hidden.shape[2]))
+        else:
+            self.enc_hidden.zero_()
+        self.enc_hidden[:, :s].copy_(hidden)
+        self.enc_valid.zero_()
+        self.enc_valid[:, :s].copy_(mask)
+        fmt = self._format(self.enc_valid.unsqueeze(1))  # [B0, 1, 1, enc_cap]
+        if self.enc_mask is None:
+            self.enc_mask = fmt
+        else:
+            self.enc_mask.copy_(fmt)
+        for layer in self.cross.layers:
+            layer.reset()  # zeroed in place: captured graphs keep reading the same addresses
+        self.cache.is_updated.clear()
+        self.cross_pending = True
 
     def _phys(self, x: Tensor, live: Tensor | None, fill: Any = 0) -> Tensor:
         if live is None:
@@ -216,7 +323,10 @@ class StaticEngine:
         before the next forward of the same block size.
         """
         n = tokens.shape[1]
-        if eager or real is not None or not (self.use_graphs and self.graphs_failed is None):
+        # seq2seq: the call's first forward computes the cross-attention keys/values, eagerly (captured graphs
+        # and compiled steps only read them)
+        first, self.cross_pending = self.cross_pending, False
+        if eager or first or real is not None or not (self.use_graphs and self.graphs_failed is None):
             tok, pos = self._phys(tokens, live), self._phys(positions, live)
             real_p = self.live_mask.unsqueeze(1).expand(self.b0, n)
             if real is not None:
@@ -225,7 +335,7 @@ class StaticEngine:
             self.holder.widx, self.holder.length = widx, length
             if last_only:
                 return self._step(tok, pos, real_p, widx, True)
-            if eager or self._compiled is None:
+            if eager or first or self._compiled is None:
                 return self._step(tok, pos, real_p, widx)
             if not tok.is_inference():  # the prompt's own tensors: one kind of input for the compiled step
                 tok, pos = tok.clone(), pos.clone()
@@ -282,17 +392,18 @@ class StaticEngine:
         slots, valid, pos = plan_compaction(self.valid[:, :length], self.pos[:, :length], None, new_len)
         self.valid[:, :new_len] = valid
         self.pos[:, :new_len] = pos
-        for layer in self.cache.layers:
+        for layer in self.kv.layers:
             layer.compact(slots, length)
 
 
-def _engine_for(adapter: Any, batch: int, capacity: int, engine: str, owner: Any) -> StaticEngine:
+def _engine_for(adapter: Any, batch: int, capacity: int, engine: str, owner: Any,
+                enc_cap: int | None = None) -> StaticEngine:
     """A cached engine for these shapes that no live session is using (the same model may serve as draft and
     target in one call: each session gets its own buffers)."""
     per_model = _ENGINES.setdefault(adapter.model, {})
     slot = 0
     while True:
-        key = (batch, capacity, engine, adapter.dtype, slot)
+        key = (batch, capacity, engine, adapter.dtype, enc_cap, slot)
         eng = per_model.get(key)
         if eng is None or eng.owner() is None:
             break
@@ -304,18 +415,19 @@ def _engine_for(adapter: Any, batch: int, capacity: int, engine: str, owner: Any
             if oldest is None:
                 break
             per_model.pop(oldest)
-        eng = StaticEngine(adapter, batch, capacity, engine)
+        eng = StaticEngine(adapter, batch, capacity, engine, enc_cap)
     eng.owner = weakref.ref(owner)
     per_model[key] = eng  # most recently used last
     return eng
 
 
 class StaticSession:
-    """One model's state for one ``generate`` call on a :class:`StaticEngine` (causal LMs only): the static
-    :class:`~specref.decode.session.KVSession`."""
+    """One model's state for one ``generate`` call on a :class:`StaticEngine`: the static
+    :class:`~specref.decode.session.KVSession`. ``enc_width`` (seq2seq) is the encoder input's width."""
 
     def __init__(
-        self, adapter: Any, batch: int, capacity: int, vocab: int, engine: str | Engine, reserve: int = 1
+        self, adapter: Any, batch: int, capacity: int, vocab: int, engine: str | Engine, reserve: int = 1,
+        enc_width: int | None = None,
     ) -> None:
         spec = get_engine(engine)
         check_static_models(spec, (adapter,))
@@ -323,7 +435,8 @@ class StaticSession:
         self.vocab = vocab
         self.reserve = max(int(reserve), 1)
         cap = _round_up(capacity + self.reserve)
-        self.engine = _engine_for(adapter, batch, cap, spec.name, self)
+        enc_cap = _round_up(enc_width or 1, ENCODER_ROUND) if adapter.is_seq2seq else None
+        self.engine = _engine_for(adapter, batch, cap, spec.name, self, enc_cap)
         self.capacity = cap
         self.length = 0
         dev = adapter.device
@@ -335,7 +448,10 @@ class StaticSession:
         self.compactions = 0
         self.profiler: Any = None
         self.role = adapter.role
-        self.encoder_outputs = None
+
+    def set_encoder(self, encoder_outputs: Any, attention_mask: Tensor) -> None:
+        """The call's encoder output (seq2seq) and its ``[B, S]`` mask, fixed for the call."""
+        self.engine.set_encoder(encoder_outputs.last_hidden_state, attention_mask.bool())
 
     @property
     def contiguous(self) -> bool:
