@@ -15,6 +15,8 @@ from specref.decode import make_decoder
 from specref.decode.adapters import SUPPORTED_CAUSAL, SUPPORTED_SEQ2SEQ
 
 V = 32
+#: the supported families built with sliding-window layers here (mixed with full ones where the family allows)
+SLIDING = ("mistral", "gemma2", "gemma3_text", "qwen2", "qwen3", "smollm3", "phi3")
 PROMPTS = [[5, 9, 13, 2, 20, 21, 7], [3], [17, 18, 19, 20]]
 MAX_NEW = 12
 
@@ -66,10 +68,12 @@ def tiny_config(model_type: str, attn: str = "sdpa"):
         if model_type == "gpt_neox":
             kw.pop("num_key_value_heads")
         # small sliding windows, so that windows really cut the context of these short sequences
-        if model_type in ("mistral", "gemma2", "gemma3_text", "qwen2"):
+        if model_type in SLIDING:
             kw["sliding_window"] = 5
-        if model_type == "qwen2":
+        if model_type in ("qwen2", "qwen3"):  # one full layer, then sliding ones
             kw.update(use_sliding_window=True, max_window_layers=1)
+        if model_type == "smollm3":
+            kw.update(use_sliding_window=True, layer_types=["sliding_attention", "full_attention"])
     config = tf.AutoConfig.for_model(model_type, **kw)
     config._attn_implementation = attn
     return config
@@ -141,8 +145,26 @@ def test_cache_argument_name_follows_the_installed_transformers():
     assert _cache_kwarg(New()) == "cache" and _cache_kwarg(Old()) == "past_key_values"
     for family in ("llama", "t5"):
         draft, target = toy_pair(family)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            make_decoder(draft, target, "specdecode", gamma=2).generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4,
-                                                                       seed=0)
-        assert not [w for w in caught if "past_key_values" in str(w.message)], family
+        for engine in ("plain", "static"):  # the static T5 step calls the decoder's blocks with the same name
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                make_decoder(draft, target, "specdecode", gamma=2, engine=engine).generate(
+                    torch.tensor([[1, 2, 3]]), max_new_tokens=4, seed=0)
+            assert not [w for w in caught if "past_key_values" in str(w.message)], (family, engine)
+
+
+def test_decoder_output_scale_follows_the_config():
+    """T5 v1.0 scales the decoder's output by d_model ** -0.5 before the LM head, T5 v1.1 and mT5 do not (the
+    static engines apply the factor themselves); a T5 config that does not say gives None (refused there)."""
+    from types import SimpleNamespace
+
+    from specref.decode.adapters import ModelAdapter, _decoder_output_scale
+
+    assert _decoder_output_scale(SimpleNamespace(model_type="t5", d_model=16, scale_decoder_outputs=True)) == 0.25
+    assert _decoder_output_scale(SimpleNamespace(model_type="t5", d_model=16, scale_decoder_outputs=False)) == 1.0
+    assert _decoder_output_scale(SimpleNamespace(model_type="mt5", d_model=16)) == 1.0
+    assert _decoder_output_scale(SimpleNamespace(model_type="t5", d_model=16)) is None
+    for model_type in sorted(SUPPORTED_SEQ2SEQ):  # this release's configs say it
+        model = build(model_type, 0)
+        scale = 32 ** -0.5 if getattr(model.config, "scale_decoder_outputs", False) else 1.0
+        assert ModelAdapter(model).decoder_output_scale == scale

@@ -10,7 +10,8 @@ immediate failure.
 False-alarm rate: each test rejects a correct decoder with probability LEVEL = 1e-3 (about 2-3% for the
 whole file of ~25 tests); seeds are fixed, so the suite is deterministic. The negative controls (cache not
 rolled back, position ids off by one on ragged rows, bonus token drawn from q) run the SAME test at the SAME
-sample size and must be rejected; their p-values are printed (run with ``-s``).
+sample size and must be rejected; their p-values are printed (run with ``-s``). T5 on the ``static`` engine has
+its own test and controls (cross-attention of another row, relative bias counted in slots, no rollback).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from specref import exact, rules
 from specref.baselines_exact import bild_distribution, seq_cascade_distribution
 from specref.decode import SpecCascadeDecoder, make_decoder
 from specref.decode import decoder as decoder_mod
+from specref.decode import static as static_mod
 from specref.decode.testing import TOY_PROMPTS, HFToyLM, ragged_batch, toy_pair
 from specref.exact import Sampling
 from specref.stats_tests import GofResult, chi2_sf, chi_square_gof
@@ -137,10 +139,45 @@ class _BonusFromQ(SpecCascadeDecoder):
             super()._run(ctx)
 
 
+class _CrossAttentionOfAnotherRow(SpecCascadeDecoder):
+    """Static engines, T5: each row's cross-attention reads the next row's encoder output (the rows alternate
+    between the two prompts) under its own mask."""
+
+    def _start(self, ad, ctx, ids, mask):
+        session, pend, pos = super()._start(ad, ctx, ids, mask)
+        enc = session.engine.enc_hidden  # the first forward computes the cross-attention keys/values from it
+        enc.copy_(enc.roll(1, dims=0))
+        return session, pend, pos
+
+
+def _bias_from_slot_distances(engine, tok, pos, mask):
+    """T5's relative bias from slot distances (what T5 computes itself), so holes left by rejected drafts
+    shift it."""
+    slots = engine.kv_index.expand(engine.b0, -1)
+    saved, engine.pos = engine.pos, slots
+    try:
+        return _REAL_DECODER_STEP(engine, tok, engine.holder.widx.expand(engine.b0, -1), mask)
+    finally:
+        engine.pos = saved
+
+
+_REAL_DECODER_STEP = static_mod.StaticEngine._decoder_step
+
+
+class _BiasFromSlots(SpecCascadeDecoder):
+    """Static engines, T5: the relative position bias counts slots instead of positions."""
+
+    def _run(self, ctx):
+        with mock.patch.object(static_mod.StaticEngine, "_decoder_step", _bias_from_slot_distances):
+            super()._run(ctx)
+
+
 WRONG_DECODERS = {
     "_bug_no_rollback": _NoRollback,
     "_bug_position_shift": _PositionShift,
     "_bug_bonus_from_q": _BonusFromQ,
+    "_bug_t5_cross_attention_of_another_row": _CrossAttentionOfAnotherRow,
+    "_bug_t5_bias_from_slots": _BiasFromSlots,
 }
 
 
@@ -293,6 +330,30 @@ def test_bild_matches_exact(family):
     res = combined_gof(seqs, refs)
     report(f"{family} bild fallback={fallback} rollback={rollback}", res)
     assert res.p_value >= LEVEL, res
+
+
+# ---- T5 on a static engine: the encoder once per call, fixed cross-attention buffers, the bias from positions --
+
+
+def test_t5_on_the_static_engine_matches_exact():
+    alpha = FAMILY_ALPHA["t5"]["token_v3"]
+    seqs = sample("t5", "token_v3", alpha, engine="static")
+    res = combined_gof(seqs, rule_refs("t5", rules.get("token_v3", alpha=alpha)))
+    report(f"t5 token_v3 alpha={alpha} (static engine)", res)
+    assert res.p_value >= LEVEL, res
+
+
+@pytest.mark.parametrize("bug", ["_bug_t5_cross_attention_of_another_row", "_bug_t5_bias_from_slots",
+                                 "_bug_no_rollback"])
+def test_t5_static_negative_controls_are_rejected(bug):
+    """The same test at the same sample size rejects a static T5 whose cross-attention reads another row's
+    encoder output, whose relative bias counts slots (holes included), or whose self-attention cache keeps the
+    rejected drafts."""
+    alpha = FAMILY_ALPHA["t5"]["token_v3"]
+    seqs = sample("t5", "token_v3", alpha, bug=bug, engine="static")
+    res = combined_gof(seqs, rule_refs("t5", rules.get("token_v3", alpha=alpha)))
+    report(f"negative control {bug} (t5, static engine)", res)
+    assert res.p_value < LEVEL, res
 
 
 # ---- negative controls: the same test, the same sample size, deliberately wrong decoders ------------------

@@ -4,7 +4,8 @@
 bookkeeping is checked with a simulated capture. Their attention spans a fixed capacity, so logits agree with
 the plain path to rounding only, and a deferral value that is a probability may differ in its last bits.
 In-place compaction when the capacity runs out, cached engines, and self-speculation (one model as draft and
-target) are covered too.
+target) are covered too, and so are T5 (its encoder once per call, cross-attention keys/values in fixed
+buffers, the relative bias from logical positions) and sliding-window attention (the window in positions).
 """
 
 from __future__ import annotations
@@ -171,3 +172,111 @@ def test_a_lagging_draft_fits_the_tightest_static_capacity(monkeypatch):
         assert out.stats.gamma_rounds.get(0, 0) >= 8
     assert calls, "the capacity never ran out: compaction untested"
     static.clear_static_engines()
+
+
+# ---- T5: the encoder once per call, cross-attention keys/values in fixed buffers, the bias from positions -------
+
+T5_CASES = [(e, m, a) for e in ("static", "graph")
+            for m, a in (("specdecode", None), ("token_v3", 0.6), ("opt", 0.5), ("target", None))]
+
+
+@pytest.mark.parametrize("engine,method,alpha", T5_CASES, ids=[f"{c[0]}-{c[1]}" for c in T5_CASES])
+def test_t5_on_static_engines_gives_the_fast_tokens_and_counters(engine, method, alpha):
+    """A ragged batch of encoder inputs with EOS (rows finish at different rounds and stay as dead rows), at
+    T = 1 and T = 0; rejected drafts leave holes in the decoder's buffer, which the relative position bias must
+    not see (it is computed from the rows' positions)."""
+    for t in (1.0, 0.0):
+        ref = _decode("t5", method, alpha, {}, "fast", t)
+        _assert_same(_decode("t5", method, alpha, {}, engine, t), ref, exact_float=False)
+
+
+def _graph_engines(model):
+    from specref.decode import static
+
+    return [e for e in static._ENGINES[model].values() if e.engine == "graph"]
+
+
+def test_t5_graphs_read_each_calls_own_encoder_output(monkeypatch):
+    """Cached engines and their graphs serve later calls: each call's first forward runs eagerly and recomputes
+    the cross-attention keys/values from that call's encoder output (the graphs only read them), whatever the
+    rows' order; an encoder input past the rounded width gets an engine of its own."""
+    from specref.decode import static
+
+    replays = _simulate_graphs(monkeypatch)
+    static.clear_static_engines()
+    draft, target = toy_pair("t5")
+    long = tuple(range(1, 7)) * 12  # 72 positions: past the first engine's 64
+    for prompts in (PROMPTS, PROMPTS[::-1], [*PROMPTS[1:], PROMPTS[0]], [long, *PROMPTS[1:]]):
+        ids, mask = ragged_batch(prompts, 6)
+        out, ref = (make_decoder(draft, target, "specdecode", gamma=3, engine=e).generate(
+            ids, mask, max_new_tokens=12, seed=list(range(6)), eos_token_id=7) for e in ("graph", "fast"))
+        _assert_same(out, ref, exact_float=False)
+    assert replays["n"] > 20
+    assert sorted(e.enc_cap for e in _graph_engines(target)) == [64, 128]
+    static.clear_static_engines()
+
+
+def test_t5_under_a_policy_gives_the_fast_tokens_with_one_graph_per_width(monkeypatch):
+    """The block-size policy on T5: plain target steps (SpecDecode, g = 0) after which the draft catches up in
+    chunks, and a cascade rule's varying g; tokens and counters equal the fast engine's, and each model's graphs
+    stay within the widths 1..gamma + 1."""
+    from specref.decode import static
+    from specref.decode.gamma_policy import AdaptiveGamma
+
+    _simulate_graphs(monkeypatch)
+    draft, target = toy_pair("t5")
+    ids, mask = ragged_batch(PROMPTS, 6)
+    for method, alpha, policy in (("specdecode", None, AdaptiveGamma(c=2.0, probe_every=9)),
+                                  ("specdecode", None, AdaptiveGamma(c=0.2, prior_weight=1.0, probe_every=4)),
+                                  ("token_v3", 0.6, AdaptiveGamma(c=0.05, prior_weight=1.0))):
+        static.clear_static_engines()
+        outs = {e: make_decoder(draft, target, method, alpha=alpha, gamma=3, engine=e, gamma_policy=policy)
+                .generate(ids, mask, max_new_tokens=40, seed=list(range(5, 11)), no_eos=True, temperature=0.8)
+                for e in ("fast", "static", "graph")}
+        used = outs["fast"].stats.gamma_rounds
+        assert len(used) >= 2, used
+        for e in ("static", "graph"):
+            _assert_same(outs[e], outs["fast"], exact_float=False)
+            assert outs[e].stats.gamma_rounds == used
+        (t_eng,), (d_eng,) = _graph_engines(target), _graph_engines(draft)
+        assert set(t_eng.graphs) == {g + 1 for g in used}
+        assert set(d_eng.graphs) <= set(range(1, 5))
+    static.clear_static_engines()
+
+
+# ---- sliding-window attention, and every seq2seq family: against uncached forwards ------------------------------
+
+def _windowed_cases():
+    from test_decode_adapters import SLIDING
+
+    # Gemma 2 runs eager attention (transformers withdrew its sdpa in 5.24)
+    return [(m, "eager" if m == "gemma2" else "sdpa") for m in SLIDING] + [("t5", "sdpa"), ("t5", "eager"),
+                                                                            ("mt5", "sdpa")]
+
+
+WINDOWED = _windowed_cases()
+
+
+@pytest.mark.parametrize("model_type,attn", WINDOWED, ids=[f"{m}-{a}" for m, a in WINDOWED])
+def test_static_engines_decode_windows_and_seq2seq_like_uncached_forwards(model_type, attn):
+    """Greedy SpecDecode on ``static`` and ``graph`` reproduces greedy decoding by uncached full forwards, one
+    row at a time (tests/test_decode_adapters.py's families and prompts: windows of 5 positions that cut these
+    sequences, one layer type or several; T5 and mT5 with sdpa and eager attention), and a sampled cascade
+    equals the fast engine token for token and counter for counter."""
+    import torch
+    from test_decode_adapters import MAX_NEW, build, reference_greedy
+    from test_decode_adapters import PROMPTS as FAMILY_PROMPTS
+
+    target, draft = build(model_type, 0, attn), build(model_type, 1, attn)
+    w = max(len(p) for p in FAMILY_PROMPTS)
+    ids = torch.tensor([[0] * (w - len(p)) + p for p in FAMILY_PROMPTS])
+    mask = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in FAMILY_PROMPTS])
+    expected = [reference_greedy(target, p, MAX_NEW) for p in FAMILY_PROMPTS]
+    for engine in ("static", "graph"):
+        out = make_decoder(draft, target, "specdecode", gamma=3, engine=engine).generate(
+            ids, mask, max_new_tokens=MAX_NEW, temperature=0.0)
+        assert int(out.stats.rejections.sum()) > 0
+        assert out.token_lists() == expected, engine
+    sampled = [make_decoder(draft, target, "token_v3", alpha=0.6, gamma=3, engine=e).generate(
+        ids, mask, max_new_tokens=MAX_NEW, seed=[1, 2, 3], no_eos=True) for e in ("fast", "static")]
+    _assert_same(sampled[1], sampled[0], exact_float=False)

@@ -4,7 +4,9 @@ Every way a tensor can reach the host (``bool``, ``int``, ``float``, ``item``, `
 ``nonzero``) is counted during ``generate``; on a GPU each of these would stall the stream. Besides one per
 round, only a fixed handful is allowed at the start (prompt validation) and, for SeqCascade, one at its
 phase boundary. transformers' own mask construction would sync at every forward; the decoder hands it
-prepared 4D masks instead (except for sliding-window models, which need transformers' per-layer masks).
+prepared 4D masks instead (except for sliding-window models on the dynamic engines, which take transformers'
+per-layer masks; the static engines build those too). T5 on the static engines: the encoder runs before the
+first round, and no round syncs more than a causal model's.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def count_syncs(monkeypatch):
         ("llama", "specdecode", None, {"gamma_policy": AdaptiveGamma(c=2.0, probe_every=4), "engine": "graph",
                                        "eos": None}),
         ("llama", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "graph", "c": 0.05}),
+        # T5 on the static engines: fixed gamma, the target alone, and a policy with plain target steps
+        ("t5", "token_v3", 0.6, {"engine": "static"}),
+        ("t5", "target", None, {"engine": "graph"}),
+        ("t5", "specdecode", None, {"gamma_policy": AdaptiveGamma(c=2.0, probe_every=4), "engine": "graph",
+                                    "eos": None}),
+        ("t5", "token_v3", 0.6, {"gamma_policy": "adaptive", "engine": "static", "c": 0.05}),
     ],
 )
 def test_one_host_sync_per_round(count_syncs, family, method, alpha, opts):
@@ -146,8 +154,32 @@ def test_no_sync_inside_ops_of_a_round_under_a_policy(engine, method, alpha, c):
     _no_sync_inside_ops(engine, method, alpha, {"gamma_policy": "adaptive", "c": c})
 
 
-def _no_sync_inside_ops(engine, method, alpha, opts):
-    draft, target = toy_pair("llama")
+@pytest.mark.parametrize("engine", ["static", "graph"])
+@pytest.mark.parametrize("method,alpha,opts", [("specdecode", None, {}), ("token_v3", 0.6, {}), ("target", None, {}),
+                                               ("specdecode", None, {"gamma_policy": "adaptive", "c": 2.0})])
+def test_no_sync_inside_ops_of_a_t5_round_on_static_engines(engine, method, alpha, opts):
+    """The relative bias from positions, the cross-attention read from fixed buffers, and the call's first
+    (eager) forward that fills them: no op of a round syncs."""
+    _no_sync_inside_ops(engine, method, alpha, opts, family="t5")
+
+
+def test_sliding_window_models_on_static_engines_sync_once_per_round(count_syncs):
+    """The dynamic engines let transformers build a sliding-window model's per-layer masks (a sync per forward);
+    the static engines build them from the slot table, so a round syncs once, as for any other model."""
+    from test_decode_adapters import build
+
+    target, draft = build("qwen2", 0), build("qwen2", 1)  # windows of 5 positions on some layers
+    dec = make_decoder(draft, target, "token_v3", alpha=0.6, gamma=3, engine="graph")
+    ids, mask = ragged_batch(((5, 9, 13, 2, 20, 21, 7), (3,), (17, 18, 19, 20)), 3)
+    count_syncs["on"] = True
+    out = dec.generate(ids, mask, max_new_tokens=16, seed=0, no_eos=True)
+    count_syncs["on"] = False
+    assert out.stats.num_rounds >= 4
+    assert count_syncs["n"] <= out.stats.num_rounds + SETUP, (count_syncs["n"], out.stats.num_rounds)
+
+
+def _no_sync_inside_ops(engine, method, alpha, opts, family="llama"):
+    draft, target = toy_pair(family)
     dec = make_decoder(draft, target, method, alpha=alpha, gamma=3, engine=engine, **opts)
     ids, mask = ragged_batch(TOY_PROMPTS + ((3,), (2, 2, 5, 1)), 4)
     det = _SyncOps()
