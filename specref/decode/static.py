@@ -84,7 +84,7 @@ def _round_up(x: int, m: int = 128) -> int:
     return ((int(x) + m - 1) // m) * m
 
 
-#: Encoder widths are rounded up to a multiple of this (one static engine serves every width up to it).
+#: Encoder widths are rounded up to a multiple of this (widths that round alike share a cached engine).
 ENCODER_ROUND = 64
 
 
