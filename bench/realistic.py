@@ -606,7 +606,8 @@ def markdown(R: dict[str, Any]) -> str:
               "generation (suite's CPU mode), T5 static engines (refused by the static engines)."]
     else:
         L += ["", "Not measured here: the CPU comparison with assisted generation (suite's CPU mode), T5 and "
-              "sliding-window models (refused by the static engines), the block-size policy on `compile-graph`"
+              "sliding-window models (the static engines run them; this bench times Llama shapes only), the "
+              "block-size policy on `compile-graph`"
               + (", the block-size policy (`--policy off`)" if args["policy"] == "off" else "") + "."]
     if R.get("skipped"):
         L += ["", "Skipped for the time budget: " + ", ".join(R["skipped"]) + "."]
