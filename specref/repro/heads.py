@@ -19,7 +19,8 @@ __all__ = ["PREFIX", "HeadSpecs", "register_heads"]
 
 #: the method key of a named head is PREFIX + NAME
 PREFIX = "learned_"
-#: rule names this module registered in this process, and the head folder each came from
+#: rule names this module registered in this process, and the head folder each came from (only these may be
+#: replaced by a later registration)
 _MINE: dict[str, str] = {}
 
 
@@ -52,9 +53,9 @@ class HeadSpecs:
 
 def register_heads(values: Sequence[str] | str | None) -> tuple[Any, dict[str, Any]]:
     """Load the ``--head`` values: ``(the unnamed head or None, {method key: head})``, each named head
-    registered as the rule of its method key. Registering the same key again from the same folder is a no-op
-    (a process that parses the options twice); from another folder it replaces this module's own earlier
-    registration, never a rule registered elsewhere."""
+    registered as the rule of its method key. Registering a key this module registered before (a process that
+    parses the options twice, or tests) replaces that registration; a rule of that name registered elsewhere
+    (a --plugin) is an error, never replaced."""
     from specref.loading import load_head
 
     specs = HeadSpecs(values)
