@@ -73,3 +73,17 @@ def test_cli_refuses_a_bad_head_before_decoding(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0], err
     assert not out.exists()
+
+
+def test_named_heads_in_a_data_parallel_sweep_give_the_one_process_rows(tmp_path, capsys):
+    """The torchrun workers register the named heads from the same option: rows equal a one-process run's."""
+    args = [*ARGS, "--head", f"tok={HEADS / 'token'}", "--methods", "specdecode", "--alphas", "learned_tok=0,0.2"]
+    assert main(["reproduce", *args, "--out", str(tmp_path / "one")]) == 0
+    assert main(["reproduce", "--procs", "2", *args, "--out", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    wall = {"latency_wall", "wall_s", "baseline_wall_s", "cost_ratio_measured", "run_id", "time_utc", "row_crc32"}
+    rows_1 = PointStore(tmp_path / "one" / "arith-llama" / "points.csv").read()
+    rows_2 = PointStore(tmp_path / "two" / "arith-llama" / "points.csv").read()
+    assert [r["method"] for r in rows_1] == ["target", "draft", "specdecode", "learned_tok", "learned_tok"]
+    for a, b in zip(rows_1, rows_2, strict=True):
+        assert {k: v for k, v in a.items() if k not in wall} == {k: v for k, v in b.items() if k not in wall}
