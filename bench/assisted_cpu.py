@@ -370,9 +370,12 @@ class AssistedCpuRun:
             "param_step_ratio": R["pair"]["param_step_ratio"], "forward_ms_by_width": costs,
             "fixed_acceptance": fix["accepted"] / fix["verified"] if fix.get("verified") else None,
             "how": "c = draft one-token forward / target one-token forward; verify_slope = (target block of gamma + "
-                   "1 / target one-token forward - 1) / gamma; both from hooks around the models' forwards inside "
-                   "specref's own calls (engine fast), untimed pass"}
-        policy = AdaptiveGamma(c=c, verify_slope=slope)
+                   "1 / target one-token forward - 1) / gamma; round_overhead / plain_overhead = the time outside "
+                   "the forwards per fixed-gamma round / per target-only step, over the target one-token forward; "
+                   "all from hooks around the models' forwards inside specref's own calls (engine fast), untimed "
+                   "pass"}
+        policy = AdaptiveGamma(c=c, verify_slope=slope, round_overhead=max(0.0, out_round / t1),
+                               plain_overhead=max(0.0, out_step / t1))
         R["calibration"]["policy"] = repr(policy)
         self.decoders({POLICY: policy})
         for i, prompt in enumerate(self.prompts[: args.calib]):  # the policy decoder's warm-up

@@ -209,14 +209,16 @@ def every_width_policy() -> Any:
 
 
 def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[str, Any] | None:
-    """The policy's costs at ``batch`` from this run's measurements, in target-only steps (None: not measured).
+    """The policy's costs at ``batch`` from this run's measurements, in target forwards (None: not measured).
 
-    ``verify_slope`` is the measured extra cost of each block position: (target block time of the profiled
-    fixed-gamma SpecDecode row / target-only step time - 1) / gamma. ``c`` is then set so that the policy's
-    modeled cost of a fixed round, ``(gamma + 1) c + 1 + verify_slope gamma``, equals the wall-clock cost of
-    the fixed-gamma row of the same method: ``tokens per round x target-only tok/s / fixed tok/s``. So ``c``
-    is the cost of a draft forward plus its share of the round's work outside the forwards, and the policy's
-    model reproduces what the fixed rows measured (a user would calibrate the same way, once per batch size).
+    From the profiled rows (CUDA events around every forward): ``c`` = the draft's forward / the target-only
+    forward, ``verify_slope`` = (the target block of the fixed-gamma SpecDecode row / the target-only forward
+    - 1) / gamma. From the wall clock: ``plain_overhead`` = a target-only step's wall time / its forward - 1
+    (sampling and bookkeeping of a plain step), and ``round_overhead`` = what the fixed-gamma row of the same
+    method took per round beyond ``(gamma + 1) c + 1 + verify_slope gamma`` forwards (rule, verification,
+    bookkeeping, the host sync). So the policy's model reproduces what the fixed rows measured, with the
+    per-round work charged once per round, not per draft forward (a user would calibrate the same way, once
+    per batch size). Without the profiles, ``c`` absorbs the per-round work and both overheads are 0.
     """
     dec = R.get("decode", {})
     gamma = R["args"]["gamma"]
@@ -225,12 +227,19 @@ def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[st
     tok = fixed.get("tokens_per_target_call")
     if not (tgt.get("tokens_per_s") and fixed.get("tokens_per_s") and tok):
         return None
-    round_cost = tok * tgt["tokens_per_s"] / fixed["tokens_per_s"]
+    round_wall = tok * tgt["tokens_per_s"] / fixed["tokens_per_s"]  # in target-only wall steps
     t_step = role_times(tgt).get("target")
-    block = role_times(dec.get(f"specref/graph/specdecode/{draft}/b{batch}") or {}).get("target")
+    spec = role_times(dec.get(f"specref/graph/specdecode/{draft}/b{batch}") or {})
+    block, d_step = spec.get("target"), spec.get("draft")
     slope = max(0.0, (block / t_step - 1) / gamma) if t_step and block else 0.0
-    return {"c": max(0.0, (round_cost - 1 - slope * gamma) / (gamma + 1)), "verify_slope": slope,
-            "fixed_round_cost": round_cost, "slope_measured": bool(t_step and block)}
+    out = {"fixed_round_cost": round_wall, "verify_slope": slope, "slope_measured": bool(t_step and block)}
+    if not (t_step and d_step):
+        return dict(out, c=max(0.0, (round_wall - 1 - slope * gamma) / (gamma + 1)), round_overhead=0.0,
+                    plain_overhead=0.0)
+    plain = max(0.0, batch / tgt["tokens_per_s"] / t_step - 1)  # wall step / forward - 1
+    c = d_step / t_step
+    forwards = (gamma + 1) * c + 1 + slope * gamma
+    return dict(out, c=c, round_overhead=max(0.0, round_wall * (1 + plain) - forwards), plain_overhead=plain)
 
 
 def _prewarm(dec: Any, prompts: list[list[int]], batch: int, a: argparse.Namespace, T: float, device: str) -> None:
@@ -254,7 +263,8 @@ def run_specref(draft: Any, target: Any, method: str, engine: str, prompts: list
         warm = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, gamma_policy=every_width_policy(),
                             **kw)
         _prewarm(warm, prompts, batch, a, T, device)
-        kw["gamma_policy"] = AdaptiveGamma(c=policy["c"], verify_slope=policy["verify_slope"])
+        kw["gamma_policy"] = AdaptiveGamma(**{k: policy[k] for k in ("c", "verify_slope", "round_overhead",
+                                                                      "plain_overhead") if k in policy})
     dec = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, **kw)
     row = run_ours(dec, prompts, batch, _args(T, a), device)
     row["seconds_with_warmup"] = time.perf_counter() - t0
@@ -390,7 +400,8 @@ def policy_rows(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
         fixed_key = f"specref/graph/{method}/{draft}/{b}"
         pol = row.get("policy", {})
         out[key] = {"method": method, "draft": draft, "batch": int(b[1:]), "c": pol.get("c"),
-                    "verify_slope": pol.get("verify_slope"), "mean_gamma": row.get("mean_gamma"),
+                    "verify_slope": pol.get("verify_slope"), "round_overhead": pol.get("round_overhead"),
+                    "plain_overhead": pol.get("plain_overhead"), "mean_gamma": row.get("mean_gamma"),
                     "zero_share": row.get("zero_share"), "gamma_rounds": row.get("gamma_rounds"),
                     "acceptance": row.get("acceptance_rate"), "vs_target": A["ratios"].get(key),
                     "fixed_vs_target": A["ratios"].get(fixed_key),
@@ -462,10 +473,12 @@ def targets(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
         if not has_policy:
             continue
         p = A["policy"].get(f"specref/graph/specdecode-adaptive/1b/b{b}", {})
-        pv = {k: nan if p.get(k) is None else p[k] for k in ("c", "verify_slope", "mean_gamma", "zero_share")}
+        pv = {k: nan if p.get(k) is None else p[k]
+              for k in ("c", "verify_slope", "round_overhead", "mean_gamma", "zero_share")}
         T[f"adaptive_specdecode_vs_target_b{b}"] = _target(
             p.get("vs_target"), goal, f">= {goal}x target-only, block-size policy",
-            f"the policy (c = {pv['c']:.3f}, verify slope {pv['verify_slope']:.3f}, calibrated on the fixed row) "
+            f"the policy (c = {pv['c']:.3f}, verify slope {pv['verify_slope']:.3f}, round overhead "
+            f"{pv['round_overhead']:.3f}, calibrated on the fixed row) "
             f"took mean g {pv['mean_gamma']:.2f}, {100 * pv['zero_share']:.0f}% plain target steps (g = 0: "
             "target-only steps, with a probe round after every 16)", "x")
     T["outside_share_b32"] = _target(d32.get("outside_share"), 0.05, "<= 5% of round time at batch 32",
@@ -576,15 +589,17 @@ def markdown(R: dict[str, Any]) -> str:
     if vs_hf:
         L += ["", "Against transformers' static cache + compile (target-only, same batch): " + "; ".join(vs_hf) + "."]
     if A.get("policy"):
-        L += ["", "What the block-size policy chose (`AdaptiveGamma`; c and the verify slope calibrated at each batch "
-              "size from this run's fixed-gamma row and profile, `calibrate`; g = 0 is a plain target step, "
+        L += ["", "What the block-size policy chose (`AdaptiveGamma`; its costs calibrated at each batch size from "
+              "this run's fixed-gamma row and profile, `calibrate`, in target forwards: c, the verify slope, the "
+              "work outside the forwards per drafting round and per plain step; g = 0 is a plain target step, "
               "SpecDecode only):", "",
-              "| method, draft | batch | c | verify slope | mean g | g = 0 rounds | rounds per g | acceptance "
-              "| policy / target-only | fixed / target-only | policy / fixed |", "|---" * 11 + "|"]
+              "| method, draft | batch | c | verify slope | round overhead | plain overhead | mean g | g = 0 rounds "
+              "| rounds per g | acceptance | policy / target-only | fixed / target-only | policy / fixed |",
+              "|---" * 13 + "|"]
         for p in sorted(A["policy"].values(), key=lambda p: (p["method"], p["draft"], p["batch"])):
             rounds = ", ".join(f"{g}: {n}" for g, n in (p.get("gamma_rounds") or {}).items())
             L.append(f"| {p['method']}, {p['draft']} | {p['batch']} | {_f(p['c'], 3)} | {_f(p['verify_slope'], 3)} "
-                     f"| {_f(p['mean_gamma'], 2)} | "
+                     f"| {_f(p.get('round_overhead'), 3)} | {_f(p.get('plain_overhead'), 3)} | {_f(p['mean_gamma'], 2)} | "
                      f"{_f(None if p['zero_share'] is None else 100 * p['zero_share'], 0)}% | {rounds} | "
                      f"{_f(p['acceptance'], 3)} | {_f(p['vs_target'], 2)}x | {_f(p['fixed_vs_target'], 2)}x | "
                      f"{_f(p['vs_fixed'], 2)}x |")

@@ -27,6 +27,27 @@ def test_expected_tokens_and_cost():
     assert expected_tokens(3, 0.0) == 1.0 and expected_tokens(3, 1.0) == 4.0
     assert expected_tokens(2, 0.5) == pytest.approx(1 + 0.5 + 0.25)
     assert round_cost(4, 0.1, 0.0) == pytest.approx(1.5) and round_cost(4, 0.1, 0.05) == pytest.approx(1.7)
+    # the per-round work is paid once per round; a plain target step pays its own
+    assert round_cost(4, 0.1, 0.05, 0.3, 0.1) == pytest.approx(2.0)
+    assert round_cost(0, 0.1, 0.05, 0.3, 0.1) == pytest.approx(1.1) and round_cost(0, 0.1, 0.05) == 1.0
+
+
+def test_round_overhead_favours_long_blocks_over_plain_steps():
+    """The measured case the term is for (one H200, 7B target, batch 1): c 0.31, per-round work 0.17 target
+    steps, a plain step's 0.05. Without the term, folding the work into c (0.36) at a running acceptance of
+    0.65 makes a plain step look best; with it the policy keeps drafting."""
+    at_065 = (65, 100)
+    folded = AdaptiveGamma(c=0.36, prior_weight=1e-9)
+    split = AdaptiveGamma(c=0.31, round_overhead=0.17, plain_overhead=0.05, prior_weight=1e-9)
+    assert folded.choose(5, 0.0, *at_065, allow_zero=True) == 0
+    assert split.choose(5, 0.0, *at_065, allow_zero=True) >= 2
+    # a larger per-round cost never shortens the block (it is amortised over more tokens)
+    for a in range(5, 100, 5):
+        chosen = [AdaptiveGamma(c=0.2, round_overhead=o, prior_weight=1e-9).choose(8, 0.0, a, 100)
+                  for o in (0.0, 0.2, 0.5, 1.0, 3.0)]
+        assert chosen == sorted(chosen), (a, chosen)
+    # and a costlier plain step only makes drafting likelier
+    assert AdaptiveGamma(plain_overhead=5.0).choose(8, 2.0, 5, 100, allow_zero=True) >= 1
 
 
 def test_choice_follows_acceptance_and_costs():
@@ -47,9 +68,14 @@ def test_choice_follows_acceptance_and_costs():
     assert AdaptiveGamma().choose(8, 2.0, 5, 100, allow_zero=True) == 0
     assert AdaptiveGamma(probe_every=4).choose(8, 2.0, 5, 100, allow_zero=True, since_draft=4) == 1
     assert AdaptiveGamma().choose(8, 0.05, 95, 100, allow_zero=True) == 8
+    # ... but not on the prior alone: g = 0 needs as many verified drafts as the prior counts
+    assert AdaptiveGamma(prior_acceptance=0.0).choose(8, 2.0, 0, 0, allow_zero=True) == 1
+    assert AdaptiveGamma(prior_acceptance=0.0, prior_weight=4.0).choose(8, 2.0, 0, 3, allow_zero=True) == 1
+    assert AdaptiveGamma(prior_acceptance=0.0, prior_weight=4.0).choose(8, 2.0, 0, 4, allow_zero=True) == 0
 
 
 @pytest.mark.parametrize("field,value", [("c", -1.0), ("c", float("nan")), ("verify_slope", -0.1),
+                                          ("round_overhead", -0.5), ("plain_overhead", float("inf")),
                                           ("prior_acceptance", 1.5), ("prior_weight", 0.0), ("probe_every", 0)])
 def test_bad_policy_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):

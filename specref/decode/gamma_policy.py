@@ -12,11 +12,17 @@ depend on its batch (their law does not).
 target's ``p``, as for SpecDecode: ``g = 0`` is then a plain target step, one token for one target step, and
 the draft catches up on the skipped tokens in its next forward) with the most expected tokens per modeled cost,
 from the running acceptance rate of the call's verified drafts (with a prior) and the step costs. A round
-of ``g`` drafts costs ``(g + 1) c + 1 + verify_slope * g`` target steps (``g + 1`` draft forwards, one target
-call scoring ``g + 1`` positions, each extra position costing ``verify_slope`` of a target step: about 0 at
-small batch, where a forward reads the weights once whatever the block, and larger at large batch) and
-emits ``(1 - a^(g + 1)) / (1 - a)`` tokens in expectation when each draft is accepted with probability
-``a`` independently (Leviathan et al. 2023, Eq. 1).
+of ``g`` drafts costs ``(g + 1) c + 1 + verify_slope * g + round_overhead`` target steps (``g + 1`` draft
+forwards, one target call scoring ``g + 1`` positions, each extra position costing ``verify_slope`` of a target
+step: about 0 at small batch, where a forward reads the weights once whatever the block, and larger at large
+batch; and the work outside the forwards that every round pays once: sampling, verification, bookkeeping,
+the host sync) and emits ``(1 - a^(g + 1)) / (1 - a)`` tokens in expectation when each draft is accepted with
+probability ``a`` independently (Leviathan et al. 2023, Eq. 1). A plain target step (``g = 0``) costs
+``1 + plain_overhead`` (its own, smaller, work outside the forward: sampling and bookkeeping, no
+verification); it is only chosen once the call has verified as many drafts as the prior counts
+(``prior_weight``), so the prior alone never turns speculation off. The per-round work is what makes long blocks worth more than their draft forwards alone say:
+folding it into ``c`` instead charges it once per draft forward, so short blocks and plain steps look cheaper
+than they are.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ def expected_tokens(g: int, a: float) -> float:
     return (1.0 - a ** (g + 1)) / (1.0 - a)
 
 
-def round_cost(g: int, c: float, verify_slope: float) -> float:
-    """Modeled cost of a round of ``g`` drafts, in target steps."""
-    return (g + 1) * c + 1.0 + verify_slope * g
+def round_cost(g: int, c: float, verify_slope: float, round_overhead: float = 0.0,
+               plain_overhead: float = 0.0) -> float:
+    """Modeled cost of a round of ``g`` drafts (``g = 0``: a plain target step), in target steps."""
+    if g == 0:
+        return 1.0 + plain_overhead
+    return (g + 1) * c + 1.0 + verify_slope * g + round_overhead
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class AdaptiveGamma:
     Attributes:
         c: draft/target step cost ratio; None: the decoder's ``c`` (the one its modeled latency uses).
         verify_slope: extra cost of each additional verified position, in target steps (>= 0).
+        round_overhead: work outside the forwards that every drafting round pays once, in target steps (>= 0).
+        plain_overhead: the same for a plain target step (``g = 0``), in target steps (>= 0).
         prior_acceptance: acceptance rate assumed before any draft is verified, in [0, 1].
         prior_weight: how many verified drafts the prior counts as (> 0).
         probe_every: after this many rounds in a row without drafts (``g = 0``), one round drafts 1 token,
@@ -54,6 +65,8 @@ class AdaptiveGamma:
 
     c: float | None = None
     verify_slope: float = 0.0
+    round_overhead: float = 0.0
+    plain_overhead: float = 0.0
     prior_acceptance: float = 0.7
     prior_weight: float = 8.0
     probe_every: int = 16
@@ -63,6 +76,10 @@ class AdaptiveGamma:
             raise ValueError(f"AdaptiveGamma c must be a finite number >= 0 (or None), got {self.c!r}")
         if not (math.isfinite(self.verify_slope) and self.verify_slope >= 0):
             raise ValueError(f"AdaptiveGamma verify_slope must be a finite number >= 0, got {self.verify_slope!r}")
+        for name in ("round_overhead", "plain_overhead"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"AdaptiveGamma {name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.prior_acceptance <= 1.0:
             raise ValueError(f"AdaptiveGamma prior_acceptance must be in [0, 1], got {self.prior_acceptance!r}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight > 0):
@@ -83,7 +100,10 @@ class AdaptiveGamma:
             return 1
         c = self.c if self.c is not None else c
         a = self.acceptance(accepted, verified)
-        low = 0 if allow_zero else 1
-        rates = {g: expected_tokens(g, a) / round_cost(g, c, self.verify_slope) if g else 1.0
-                 for g in range(low, gamma_max + 1)}
+        # the prior alone never turns speculation off: a plain step verifies nothing, so a call that started
+        # with g = 0 would learn nothing until its first probe; g = 0 needs as many verified drafts as the prior
+        # counts
+        low = 0 if allow_zero and verified >= self.prior_weight else 1
+        costs = (self.verify_slope, self.round_overhead, self.plain_overhead)
+        rates = {g: expected_tokens(g, a) / round_cost(g, c, *costs) for g in range(low, gamma_max + 1)}
         return max(rates, key=lambda g: (rates[g], -g))
