@@ -218,7 +218,8 @@ def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[st
     method took per round beyond ``(gamma + 1) c + 1 + verify_slope gamma`` forwards (rule, verification,
     bookkeeping, the host sync). So the policy's model reproduces what the fixed rows measured, with the
     per-round work charged once per round, not per draft forward (a user would calibrate the same way, once
-    per batch size). Without the profiles, ``c`` absorbs the per-round work and both overheads are 0.
+    per batch size). Without the profiles, ``c`` absorbs the per-round work and both overheads are 0. Each call
+    starts from the fixed row's acceptance as the policy's prior.
     """
     dec = R.get("decode", {})
     gamma = R["args"]["gamma"]
@@ -233,6 +234,8 @@ def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[st
     block, d_step = spec.get("target"), spec.get("draft")
     slope = max(0.0, (block / t_step - 1) / gamma) if t_step and block else 0.0
     out = {"fixed_round_cost": round_wall, "verify_slope": slope, "slope_measured": bool(t_step and block)}
+    if fixed.get("acceptance_rate") is not None:  # the prior each call starts from: the fixed row's acceptance
+        out["prior_acceptance"] = min(1.0, max(0.0, float(fixed["acceptance_rate"])))
     if not (t_step and d_step):
         return dict(out, c=max(0.0, (round_wall - 1 - slope * gamma) / (gamma + 1)), round_overhead=0.0,
                     plain_overhead=0.0)
@@ -264,7 +267,8 @@ def run_specref(draft: Any, target: Any, method: str, engine: str, prompts: list
                             **kw)
         _prewarm(warm, prompts, batch, a, T, device)
         kw["gamma_policy"] = AdaptiveGamma(**{k: policy[k] for k in ("c", "verify_slope", "round_overhead",
-                                                                      "plain_overhead") if k in policy})
+                                                                      "plain_overhead", "prior_acceptance")
+                                              if k in policy})
     dec = make_decoder(draft, target, method, gamma=a.gamma, engine=engine, **kw)
     row = run_ours(dec, prompts, batch, _args(T, a), device)
     row["seconds_with_warmup"] = time.perf_counter() - t0
