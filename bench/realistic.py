@@ -409,8 +409,26 @@ def policy_rows(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
                     "zero_share": row.get("zero_share"), "gamma_rounds": row.get("gamma_rounds"),
                     "acceptance": row.get("acceptance_rate"), "vs_target": A["ratios"].get(key),
                     "fixed_vs_target": A["ratios"].get(fixed_key),
-                    "vs_fixed": row["tokens_per_s"] / _tps(R, fixed_key) if _tps(R, fixed_key) else None}
+                    "vs_fixed": row["tokens_per_s"] / _tps(R, fixed_key) if _tps(R, fixed_key) else None,
+                    "spread": _spread(row, R.get("decode", {}).get(fixed_key))}
     return out
+
+
+def _spread(*rows: Any) -> float | None:
+    """The largest run-to-run spread (max / min - 1 of the timed passes) of ``rows``; None: one pass each."""
+    each = [r["tokens_per_s_each"] for r in rows if isinstance(r, dict) and len(r.get("tokens_per_s_each") or ()) > 1]
+    return max(max(e) / min(e) - 1 for e in each) if each else None
+
+
+def _verdict(ratio: float | None, spread: float | None) -> str:
+    """A ratio of two rows against 1, judged by their spread."""
+    if ratio is None:
+        return "-"
+    if spread is None:
+        return f"{ratio:.2f}x (not judged: one pass)"
+    if abs(ratio - 1) <= spread:
+        return f"{ratio:.2f}x (within the {100 * spread:.1f}% spread)"
+    return f"{ratio:.2f}x ({'faster' if ratio > 1 else 'slower'}, beyond the {100 * spread:.1f}% spread)"
 
 
 def _ratio(R: dict[str, Any], key: str) -> str:
@@ -582,6 +600,14 @@ def markdown(R: dict[str, Any]) -> str:
                 cells.append(f"{row['tokens_per_s']:.1f}" + (f" ({row['tokens_per_s'] / base:.2f}x)" if base else ""))
         if any(cells):
             L.append(f"| {label} | " + " | ".join(cells) + " |")
+    spread = {k: max(r["tokens_per_s_each"]) / min(r["tokens_per_s_each"]) - 1 for k, r in dec.items()
+              if isinstance(r, dict) and len(r.get("tokens_per_s_each") or ()) > 1}
+    if spread:
+        worst = max(spread, key=spread.get)
+        L += ["", f"Run-to-run spread of a row's tok/s over its {args['repeats']} timed passes (other seeds; max / min "
+              f"- 1): median {100 * sorted(spread.values())[len(spread) // 2]:.1f}%, largest "
+              f"{100 * spread[worst]:.1f}% (`{worst}`). A ratio between two rows is judged against the larger of "
+              "their spreads (the policy table's last column)."]
     vs_hf = []
     for b in bs:
         hf, ours = _tps(R, f"transformers/static/target/b{b}"), _tps(R, f"specref/graph/target/b{b}")
@@ -606,7 +632,7 @@ def markdown(R: dict[str, Any]) -> str:
                      f"| {_f(p.get('round_overhead'), 3)} | {_f(p.get('plain_overhead'), 3)} | {_f(p['mean_gamma'], 2)} | "
                      f"{_f(None if p['zero_share'] is None else 100 * p['zero_share'], 0)}% | {rounds} | "
                      f"{_f(p['acceptance'], 3)} | {_f(p['vs_target'], 2)}x | {_f(p['fixed_vs_target'], 2)}x | "
-                     f"{_f(p['vs_fixed'], 2)}x |")
+                     f"{_verdict(p['vs_fixed'], p.get('spread'))} |")
     warm = {k: v.get("warmup_s", v.get("seconds_with_warmup")) for k, v in dec.items()
             if isinstance(v, dict) and ("compile" in k or "static" in k)}
     if warm:

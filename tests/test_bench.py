@@ -299,3 +299,35 @@ def test_committed_assisted_cpu_reports_match_their_measurements(name, tmp_path)
     assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
     R = json.loads(src.read_text())
     assert not R["smoke"] and not R["errors"] and R["prompts"]["examples"] >= 32
+
+
+# ---- compiled decoder warm-up in fresh processes (bench/compile_warmup.py) --------------------------------------
+
+
+def test_compile_warmup_report_and_refusals(tmp_path):
+    """The report says met / missed against the goal from the warm pass, shows the cache counters of both
+    passes, and a non-empty --cache folder is refused (the first pass would not be cold)."""
+    from bench import compile_warmup
+
+    R = {"section": "compile-warmup", "smoke": False, "env": {"device": "GPU", "torch": "2.x"},
+         "args": {"engine": "compile-graph", "batch": 1, "max_new_tokens": 128, "gamma": 5, "draft": "1b",
+                  "methods": "target,specdecode"},
+         "passes": {"cold": {"build_s": 9.0, "methods": {
+                        "target": {"first_call_s": 80.0, "second_call_s": 0.9, "fxgraph_cache_hit": 0,
+                                   "fxgraph_cache_miss": 2},
+                        "specdecode": {"first_call_s": 120.0, "second_call_s": 0.7, "fxgraph_cache_hit": 0,
+                                       "fxgraph_cache_miss": 4}}},
+                    "warm": {"build_s": 9.0, "methods": {
+                        "target": {"first_call_s": 12.0, "second_call_s": 0.9, "fxgraph_cache_hit": 2,
+                                   "fxgraph_cache_miss": 0},
+                        "specdecode": {"first_call_s": 31.0, "second_call_s": 0.7, "fxgraph_cache_hit": 4,
+                                       "fxgraph_cache_miss": 0}}}}}
+    md = compile_warmup.markdown(R)
+    assert "| target | 80.0 | 12.0 | 0.90 | 0 / 2; 2 / 0 | met |" in md
+    assert "| specdecode | 120.0 | 31.0 | 0.70 | 0 / 4; 4 / 0 | missed |" in md
+    full = tmp_path / "cache"
+    full.mkdir()
+    (full / "x").write_text("")
+    with pytest.raises(ValueError, match="not empty"):
+        compile_warmup.main(["--smoke", "--cache", str(full), "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r.json").exists()
