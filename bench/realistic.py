@@ -705,6 +705,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                          "default: all, optional ones while the budget lasts")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="compile-graph at batch 1 (default auto: on a GPU, if the budget allows)")
+    ap.add_argument("--compile-batch-sizes", default="1",
+                    help="batch sizes of the compile-graph rows (default 1; a subset of --batch-sizes)")
     ap.add_argument("--policy", choices=("on", "off"), default="on",
                     help="also time SpecDecode and token_v3 with the block-size policy, calibrated per batch size "
                          "from the fixed-gamma rows (default: on)")
@@ -851,14 +853,16 @@ class RealisticRun:
                           lambda d=d: run_transformers(target, models[d], prompts, 1, R["temperature"][d], args,
                                                        device, static=False)) for d in drafts]
         if "compile" in parts and (args.compile == "on" or (args.compile == "auto" and self.cuda)):
-            optional.append(("specref/compile-graph/target/b1", 150,
-                             lambda: run_specref(target, target, "target", "compile-graph", prompts, 1, T_ref, args,
-                                                 device, False)))
-            if drafts:
-                d0 = drafts[0]
-                optional.append((f"specref/compile-graph/specdecode/{d0}/b1", 200,
-                                 lambda: run_specref(models[d0], target, "specdecode", "compile-graph", prompts, 1,
-                                                     R["temperature"][d0], args, device, False)))
+            for b in [int(x) for x in str(args.compile_batch_sizes).split(",")]:
+                optional.append((f"specref/compile-graph/target/b{b}", 150,
+                                 lambda b=b: run_specref(target, target, "target", "compile-graph", prompts, b, T_ref,
+                                                         args, device, False)))
+                if drafts:
+                    d0 = drafts[0]
+                    optional.append((f"specref/compile-graph/specdecode/{d0}/b{b}", 200,
+                                     lambda b=b, d0=d0: run_specref(models[d0], target, "specdecode", "compile-graph",
+                                                                    prompts, b, R["temperature"][d0], args, device,
+                                                                    False)))
         if "hf" in parts:
             # the first batch > 1 compiles again (about 45 s on an H200); later ones reused it (1-2 s)
             optional += [(f"transformers/static/target/b{b}", 90 if i == 0 else 20,
