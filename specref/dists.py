@@ -1,7 +1,8 @@
 """Distributions over a vocabulary: validation, temperature, top-k / top-p filters, total variation.
 
 Every function here is pure tensor math over the last dimension ``[..., V]``. Nothing syncs with the host
-except the explicit validators, which the hot loop of the decoder does not call.
+except the explicit validators, which the hot loop of the decoder does not call, and :func:`stable_top_k` on
+a CPU tensor only (reading a CPU tensor costs no device round trip).
 """
 
 from __future__ import annotations
@@ -128,19 +129,74 @@ def stable_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Exactly the first ``k`` of ``torch.sort(x, descending=True, stable=True)``, so ``ids[..., 0]`` is
     torch.argmax's answer and nothing depends on a device's top-k tie order, but in O(V) work: a full stable
     sort over a large vocabulary is what made a learned head's features cost ten times the rest of a round.
+
+    On a CPU one partial selection of ``k + 1`` entries decides most rows: where the (k+1)-th largest value
+    is strictly below the k-th, the k selected entries are the only ones at or above the k-th largest, so the
+    selected set is the stable sort's whatever the kernel's tie order; only their order is then fixed. Rows
+    with a tie across that boundary (and every row on other devices, where the test would cost a host sync)
+    go through :func:`_tie_aware_ids`.
     """
     v = x.shape[-1]
     k = min(int(k), v)
-    kth = torch.topk(x, k, dim=-1).values[..., k - 1:]  # [..., 1] the k-th largest value; ties do not move it
-    above = x > kth
-    tied = x == kth
-    room = k - above.sum(dim=-1, keepdim=True)  # how many boundary ties fit: the lowest-index ones
-    chosen = above | (tied & (torch.cumsum(tied, dim=-1) <= room))  # exactly k per row
-    index = torch.arange(v, device=x.device).expand(x.shape)
-    ids = torch.topk(torch.where(chosen, index, v), k, dim=-1, largest=False).values  # ascending index
+    if x.device.type == "cpu" and k < v:
+        top, ids = _cpu_top(x, k + 1)
+        ids = ids[..., :k]
+        # a NaN (topk ranks it first) takes the general path too, as every row did before
+        tie = ~(top[..., k] < top[..., k - 1]) | torch.isnan(top[..., 0])
+        if bool(tie.any()):
+            ids = ids.clone()
+            ids[tie] = _tie_aware_ids(x[tie], k, top[tie][..., k - 1 : k])
+        ids = ids.sort(dim=-1).values  # ascending index
+    else:
+        ids = _tie_aware_ids(x, k, torch.topk(x, k, dim=-1).values[..., k - 1 :])
     values = x.gather(-1, ids)
     order = torch.sort(values, dim=-1, descending=True, stable=True).indices  # k entries: cheap
     return ids.gather(-1, order), values.gather(-1, order)
+
+
+# Entries per block of the CPU top-k's prefilter.
+_BLOCK = 64
+
+
+def _cpu_top(x: Tensor, n: int) -> tuple[Tensor, Tensor]:  # [..., V] -> values [..., n] descending, ids [..., n]
+    """The ``n`` largest values of each row, with ids of entries holding them (any ids among equal values).
+
+    Rows are cut into blocks of ``_BLOCK``; the ``n`` blocks with the largest maxima (plus any last partial
+    block) hold the answer: those maxima are ``n`` entries at or above the n-th largest block maximum ``t``,
+    so the row's n-th largest value is at least ``t``, while every other entry is at most its block's maximum,
+    at most ``t``. So one contiguous max pass and a top-k of a few hundred candidates replace a top-k over V,
+    which copies every row into (value, index) pairs.
+    """
+    v = x.shape[-1]
+    blocks = v // _BLOCK
+    if blocks < 4 * n or not x.is_contiguous():
+        return torch.topk(x, n, dim=-1)
+    xf = x.view(-1, v)
+    best = torch.topk(xf[:, : blocks * _BLOCK].view(-1, blocks, _BLOCK).amax(dim=-1), n, dim=-1).indices
+    ids = (best.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=x.device)).flatten(1)  # [R, n * _BLOCK]
+    if blocks * _BLOCK < v:
+        ids = torch.cat([ids, torch.arange(blocks * _BLOCK, v, device=x.device).expand(ids.shape[0], -1)], dim=-1)
+    top, at = torch.topk(xf.gather(-1, ids), n, dim=-1)
+    return top.view(*x.shape[:-1], n), ids.gather(-1, at).view(*x.shape[:-1], n)
+
+
+def _tie_aware_ids(
+    x: Tensor,  # [..., V]
+    k: int,
+    kth: Tensor,  # [..., 1] the k-th largest value of each row
+) -> Tensor:  # [..., k] ascending
+    """The ids of every entry above ``kth`` plus the lowest-index entries equal to it, k per row.
+
+    Keys: ``index - V`` above the k-th largest, ``index`` at it, ``V`` below. Fewer than k entries lie above
+    it and at least k at or above it, so the k smallest keys are distinct and exactly that set: the smallest-k
+    selection is unambiguous whatever the kernel's tie order.
+    """
+    v = x.shape[-1]
+    # int32 keys where they fit: the key passes are memory-bound
+    index = torch.arange(v, device=x.device, dtype=torch.int32 if v < 2**30 else torch.long)
+    key = torch.where(x > kth, index - v, torch.where(x == kth, index, v))
+    chosen = torch.topk(key, k, dim=-1, largest=False).values.long()
+    return torch.where(chosen < 0, chosen + v, chosen).sort(dim=-1).values
 
 
 def top_k_filter(probs: Tensor, k: int | None) -> Tensor:
@@ -210,7 +266,7 @@ def probs_from_logits(
 
 def tv(p: Tensor, q: Tensor) -> Tensor:
     """Total variation distance ``sum_v max(0, p(v) - q(v))`` over the last dimension: ``[..., V] -> [...]``."""
-    return (p - q).clamp_min(0).sum(dim=-1)
+    return (p - q).clamp_min_(0).sum(dim=-1)  # in place on the fresh difference: one [..., V] temporary, not two
 
 
 def sample_categorical(probs: Tensor, u: Tensor) -> Tensor:

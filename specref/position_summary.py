@@ -62,6 +62,65 @@ def sorted_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return stable_top_k(x, k)
 
 
+# Entries per float64 scratch block on a CPU: about 1 MiB at a time stays in cache, where fresh [..., V]
+# float64 temporaries (page faults and memory traffic) were most of a head's live-summary time.
+_BLOCK_ELEMENTS = 1 << 17
+
+
+def _entropies_and_tv(q: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # [..., V] each -> [...] float64
+    """``H(q)``, ``H(p)`` and ``TV(p, q)`` ``[...]`` in float64: ``-sum_v x log max(x, tiny)`` and
+    ``sum_v max(0, p - q)`` of the float64 values.
+
+    The same elementwise operations (in place, in scratch buffers) and the same per-row sums as the
+    whole-tensor expressions ``-(x * log(x.clamp_min(tiny))).sum(-1)`` and ``(p - q).clamp_min(0).sum(-1)``,
+    so the same values (tests hold them equal bit for bit). On a CPU, with a unit-stride last dimension, the
+    rows go through reused buffers a block at a time: elementwise results do not depend on an entry's
+    position and a row's sum over a unit-stride last dimension does not depend on the other rows; a block
+    never holds one row of several (a one-row sum may be split across threads). Elsewhere (an accelerator's
+    caching allocator reuses memory, and each block would cost kernel launches) whole tensors share one
+    scratch buffer, each temporary keeping the memory layout that fixes the order of its sum.
+    """
+    v = q.shape[-1]
+    lead = q.shape[:-1]
+    if q.device.type != "cpu" or q.stride(-1) != 1 or p.stride(-1) != 1:
+        q64, p64 = q.double(), p.double()
+        same_layout = q64.stride() == p64.stride()
+        work = torch.empty_like(q64)
+        hq = _entropy(q64, work)
+        hp = _entropy(p64, work if same_layout else torch.empty_like(p64))
+        diff = torch.sub(p64, q64, out=work) if same_layout else p64 - q64
+        return hq, hp, diff.clamp_min_(0).sum(-1)
+    qf, pf = q.reshape(-1, v), p.reshape(-1, v)
+    rows = qf.shape[0]
+    step = max(2, _BLOCK_ELEMENTS // max(v, 1))
+    out = torch.empty((3, rows), dtype=torch.float64, device=q.device)
+    size = (min(step + 1, rows), v)
+    q64, p64, work = (torch.empty(size, dtype=torch.float64, device=q.device) for _ in range(3))
+    start = 0
+    while start < rows:
+        stop = min(start + step, rows)
+        if rows - stop == 1:
+            stop = rows  # fold a lone last row into this block
+        n = stop - start
+        qb, pb, wb = q64[:n].copy_(qf[start:stop]), p64[:n].copy_(pf[start:stop]), work[:n]
+        torch.sum(_neg_plogp(qb, wb), dim=-1, out=out[0, start:stop])
+        torch.sum(_neg_plogp(pb, wb), dim=-1, out=out[1, start:stop])
+        torch.sum(torch.sub(pb, qb, out=wb).clamp_min_(0), dim=-1, out=out[2, start:stop])
+        start = stop
+    return -out[0].view(lead), -out[1].view(lead), out[2].view(lead)
+
+
+def _neg_plogp(x64: Tensor, work: Tensor) -> Tensor:
+    """``x log max(x, tiny)`` elementwise, written into ``work`` (same shape as float64 ``x64``)."""
+    torch.clamp_min(x64, _TINY, out=work).log_()
+    return work.mul_(x64)
+
+
+def _entropy(x64: Tensor, work: Tensor) -> Tensor:
+    """``-sum_v x log max(x, tiny)`` ``[...]`` of float64 ``x64`` ``[..., V]``, using ``work`` as scratch."""
+    return -_neg_plogp(x64, work).sum(-1)
+
+
 def summarize(
     q: Tensor,  # [..., V] untempered draft distribution
     p: Tensor,  # [..., V] untempered target distribution
@@ -85,7 +144,6 @@ def summarize(
     k = min(int(top_k), vocab)
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    q64, p64 = q.double(), p.double()
     out: dict[str, Tensor] = {}
 
     q_ids, q_top = sorted_top_k(q, k)
@@ -97,10 +155,9 @@ def summarize(
     out["q_max"], out["p_max"] = q_top[..., 0], p_top[..., 0]
     out["q_argmax"], out["p_argmax"] = q_ids[..., 0], p_ids[..., 0]
 
-    out["q_entropy"] = -(q64 * torch.log(q64.clamp_min(_TINY))).sum(-1)
-    out["p_entropy"] = -(p64 * torch.log(p64.clamp_min(_TINY))).sum(-1)
-    out["tv"] = (p64 - q64).clamp_min(0).sum(-1)
+    out["q_entropy"], out["p_entropy"], out["tv"] = _entropies_and_tv(q, p)
     if not head_fields_only:
+        q64, p64 = q.double(), p.double()
         # Inner products give the expected losses when the target itself is taken as the truth (on-policy logs).
         out["qp_dot"] = (q64 * p64).sum(-1)
         out["p_sqnorm"] = (p64 * p64).sum(-1)

@@ -311,7 +311,7 @@ class Rule:
         if defer.dtype == torch.bool:
             # q * 1.0 == q and q * 0.0 == +0.0 exactly (q is finite and >= 0): the same summands as the float
             # decision's, without materialising it
-            return torch.where(defer, q, torch.zeros((), dtype=q.dtype, device=q.device)).sum(dim=-1, keepdim=True)
+            return torch.where(defer, q, 0.0).sum(dim=-1, keepdim=True)
         return (q * defer).sum(dim=-1, keepdim=True)
 
     def mix_at(self, defer: Tensor, q: Tensor, p: Tensor, eta: Tensor | None = None) -> Tensor:
@@ -724,7 +724,9 @@ class LearnedRule(Rule):
 
     def decide_scores(self, scores: Tensor) -> Tensor:  # [..., M] -> [..., M] bool
         """Token head: defer candidate v iff ``score(v) < max_u score(u) - alpha`` over the scored candidates."""
-        return scores < (_max(scores) - self.alpha).unsqueeze(-1)
+        # amax, not max(...).values: the same maximum (NaN included; a zero's sign cannot change a comparison)
+        # without tracking the argmax, which made this the slowest step after the head's own features
+        return scores < (scores.amax(dim=-1) - self.alpha).unsqueeze(-1)
 
 
 # ---- registry -------------------------------------------------------------------------------------

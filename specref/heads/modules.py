@@ -287,8 +287,9 @@ class TokenHead(Head):
         out = torch.zeros(q_rule.shape, dtype=scores.dtype, device=q_rule.device)
         # Checked before the scatter, which could hide a NaN behind its twin's score on a duplicate id.
         masked = check_finite(torch.where(valid, scores, 0.0), self.kind)
-        # A masked duplicate scatters 0 onto its twin's id; amax keeps the twin's score.
-        return out.scatter_reduce(-1, ids, masked, reduce="amax")
+        # A masked duplicate scatters 0 onto its twin's id; amax keeps the twin's score. In place: the
+        # out-of-place form would first copy the [..., V] zeros.
+        return out.scatter_reduce_(-1, ids, masked, reduce="amax")
 
 
 _HEADS = {"cascade": CascadeHead, "token": TokenHead, "mixture": MixtureHead}
