@@ -18,6 +18,8 @@ PACKAGE = TESTS.parent / "specref"
 CROSS_CUTTING = {
     "test_bad_inputs.py": "bad inputs to the public functions of the math core (dists, rules, verify, exact, ...)",
     "test_bench.py": "the bench/ scripts, which live outside the package",
+    "test_heads_features_fast.py": "the learned rule's fast feature path (dists, position_summary, heads, rules) "
+                                   "against the plain implementations it replaced",
     "test_decode_conventions.py": "generate's user-facing conventions across decoder, generation and rules",
     "test_decode_errors.py": "the decoders' refusals of bad models, prompts and arguments, end to end",
     "test_decode_exact.py": "every decoding method's samples against specref.exact's laws",
