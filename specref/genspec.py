@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from specref.dists import normalize, sample_categorical
+from specref.dists import sample_categorical
 
 __all__ = ["acceptance", "emitted", "rejection_rate", "residual", "sample_position"]
 
@@ -21,8 +21,9 @@ def acceptance(q: Tensor, pi: Tensor) -> Tensor:
 
     Tokens with ``q(v) = 0`` are never drafted; they get 1 so the tensor stays finite.
     """
-    safe_q = torch.where(q > 0, q, torch.ones_like(q))
-    return torch.where(q > 0, (pi / safe_q).clamp(max=1.0), torch.ones_like(q))
+    drafted = q > 0
+    safe_q = torch.where(drafted, q, 1.0)
+    return torch.where(drafted, (pi / safe_q).clamp(max=1.0), 1.0)
 
 
 def residual(q: Tensor, pi: Tensor) -> Tensor:
@@ -35,7 +36,9 @@ def residual(q: Tensor, pi: Tensor) -> Tensor:
     mass = excess.sum(dim=-1, keepdim=True)
     # Rounding leaves tiny positive excess where pi == q mathematically; treat that as no residual.
     eps = 16 * torch.finfo(q.dtype).eps
-    return torch.where(mass > eps, normalize(excess), pi)
+    # normalize(excess) where it is used (mass > eps: its sum is mass, its clamp a no-op), without summing
+    # again; the clamp keeps the unused entries finite
+    return torch.where(mass > eps, excess / mass.clamp_min(eps), pi)
 
 
 def rejection_rate(q: Tensor, accept: Tensor) -> Tensor:

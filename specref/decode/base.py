@@ -92,8 +92,13 @@ class CallContext:
         self.prompt_len = mask.sum(dim=1)
         #: optional :class:`~specref.decode.profile.RoundProfiler`
         self.profiler: Any = None
+        #: column offsets of a round's tokens, and emit_lean's EOS weights (block + 1 - j at column j)
+        self._ar = torch.arange(block + 1, device=self.device)
+        self._eos_weight = block + 1 - self._ar
+        self._eos_cut = block + 2
 
     def probs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`~specref.dists.probs_from_logits` with the call's settings."""
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
 
     def uniform(self, seeds: Tensor, counter: Tensor, stream: int) -> Tensor:
@@ -121,6 +126,30 @@ class CallContext:
         self.out[row_ids.unsqueeze(1).expand_as(cols), cols] = vals
         self.lengths[row_ids] = gen + n_out
         return n_out, finished
+
+    def emit_lean(self, row_ids: Tensor, gen: Tensor, tokens: Tensor, n_new: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`emit` in fewer ops, for a loop that keeps every row's length itself: returns
+        ``(finished, gen + n_out)`` and does NOT update :attr:`lengths` (the caller writes them, at the latest
+        when rows leave). Needs ``gen <= max_new_tokens`` (true of every live row: a row leaves once it
+        reaches it).
+
+        The slots after a row's last emitted token are written too (with ``tokens``' values there); they are
+        overwritten by the row's next round or, for a finished row, cut off by its length when ``generate``
+        returns, so the output is :meth:`emit`'s."""
+        n = tokens.shape[1]
+        self.out[row_ids.unsqueeze(1), gen.unsqueeze(1) + self._ar[:n]] = tokens
+        if not self.eos.numel():
+            # n_out = min(n_new, max_new - gen); the row ends iff the length stopped it
+            end = gen + n_new
+            return end >= self.max_new, end.clamp(max=self.max_new)
+        # the first EOS among all n tokens: if it lies at or after the row's limit, the row's tokens stop at the
+        # limit either way, so searching only the candidates (as emit does) changes nothing.
+        # weight (block + 1 - j) for an EOS at j: the first EOS has the largest; none gives 0
+        w = torch.isin(tokens, self.eos) * self._eos_weight[:n]
+        cut = self._eos_cut - w.amax(dim=1)  # first EOS index + 1; block + 2 > n when there is none
+        stop = torch.minimum(self.max_new - gen, cut)
+        # n_out = min(n_new, max_new - gen, first EOS + 1); the row ends iff the length or an EOS stopped it
+        return stop <= n_new, gen + torch.minimum(n_new, stop)
 
 
 def any_nonfinite(logits: Tensor) -> Tensor:
@@ -162,11 +191,13 @@ def end_round(
     row has finished, else ``(carry, extra values)`` with ``carry`` restricted to the live rows.
     """
     summaries = [sessions[0].summary()] if shared else [s.summary() for s in sessions]
-    payload = torch.cat([torch.stack([bad.long(), (~finished).sum(), *extra]), *summaries])
-    vals = payload.tolist()
+    # one cat of long tensors (one kernel on a GPU, where mixed dtypes copy input by input): the flag, the
+    # finished count, extra, the summaries
+    head_vals = [bad.long().reshape(1), finished.sum().reshape(1), *(e.reshape(1) for e in extra)]
+    vals = torch.cat([*head_vals, *summaries]).tolist()
     if vals[0]:
         _raise_nonfinite(where)
-    n_alive = vals[1]
+    n_alive = finished.shape[0] - vals[1]
     head = 2 + len(extra)
     if n_alive == 0:
         if on_leave is not None:
@@ -178,7 +209,7 @@ def end_round(
         if on_leave is not None:
             on_leave()
         rows = _alive_rows(finished, n_alive)
-        out = [t.index_select(0, rows) for t in carry]
+        out = [t.index_select(0, rows) if t.numel() else t[:n_alive] for t in carry]  # empty: any n_alive rows
     for i, s in enumerate(sessions):
         k = head if shared else head + 3 * i
         s.maintain(vals[k : k + 3], rows)

@@ -44,7 +44,7 @@ from specref.decode.base import (
     any_nonfinite,
     end_round,
 )
-from specref.decode.fused import fused_kind, fused_verify
+from specref.decode.fused import FusedResult, fused_kind, fused_verify
 from specref.decode.gamma_policy import AdaptiveGamma
 from specref.decode.generation import check_int
 from specref.decode.rounds import round_plan
@@ -187,6 +187,8 @@ class SpecCascadeDecoder(BaseDecoder):
         gen = torch.zeros(ctx.batch, dtype=torch.long, device=dev)
         keys = plan.uniforms.keys(ctx.seeds)
         ar_max = torch.arange(self.gamma + 1, device=dev)
+        # the live rows are always 0..B-1 of the round's tensors: a slice of this is their arange
+        ar_rows = torch.arange(ctx.batch, device=dev)
         lag = pend.new_zeros((ctx.batch, 0))  # [B, L] emitted tokens the draft has not read (after g = 0)
         counters = plan.counters
         fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
@@ -206,22 +208,22 @@ class SpecCascadeDecoder(BaseDecoder):
                 ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
                 since_draft = since_draft + 1 if g == 0 else 0
             if g == 0:  # a plain target step: pi = p at the pending position, drawn as a bonus would be
-                n_out, finished, bad, tok = self._target_step(target, ctx, plan, keys, row_ids, gen, pend, pos)
-                counters.add(row_ids, torch.zeros_like(gen), pend.new_zeros((pend.shape[0], 0)), 0)
+                finished, bad, tok, gen = self._target_step(target, ctx, plan, keys, row_ids, gen, pend, pos)
+                counters.add(row_ids, None, None, 0)
                 ctx.rounds += 1
                 lag = torch.cat([lag, pend.unsqueeze(1)], dim=1)
-                pend, pos, gen = tok, pos + 1, gen + n_out
+                pend, pos = tok, pos + 1
                 verified: tuple[Tensor, ...] = ()  # nothing drafted: the acceptance estimate stays
             else:
-                n_out, finished, bad, verified, pend, pos, gen = self._spec_round(
+                finished, bad, verified, pend, pos, gen = self._spec_round(
                     ctx, plan, draft, target, row_ids, keys, gen, pend, pos, lag, g, ar_max[: g + 1], counters,
-                    fused, hidden, track=policy is not None,
+                    fused, hidden, track=policy is not None, rows=ar_rows,
                 )
                 lag = lag[:, :0]
             # the round's single host sync
             step = end_round(
                 finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
-                extra=verified, shared=shared and g != 0, on_leave=partial(counters.flush, row_ids),
+                extra=verified, shared=shared and g != 0, on_leave=partial(_leave, ctx, counters, row_ids, gen),
             )
             if prof is not None:
                 prof.round_end()
@@ -251,18 +253,19 @@ class SpecCascadeDecoder(BaseDecoder):
         fused: Any,
         hidden: bool,
         track: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor]:
-        """One speculative round of ``g`` drafts. Returns ``(n_out, finished, bad, verified, pend, pos, gen)``:
-        the emitted counts, finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a
-        block-size policy (``track``; else empty), and the next round's pending token, its position and the
-        rows' new lengths."""
+        rows: Tensor | None = None,  # [>= B] 0, 1, 2, ...
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor]:
+        """One speculative round of ``g`` drafts. Returns ``(finished, bad, verified, pend, pos, gen)``:
+        the finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a block-size policy
+        (``track``; else empty), and the next round's pending token, its position and the rows' new lengths."""
         # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
         u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
-        drafts, q, q_rule, d_hidden, bad = self._draft_block(
-            draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag
+        block, q, q_rule, d_hidden, bad = self._draft_block(
+            draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag, with_pending=True,
+            ar_g1=ar_g1,
         )
+        drafts = block[:, 1:]
         # 2. one target call on the pending token and the drafts
-        block = torch.cat([pend.unsqueeze(1), drafts], dim=1)
         fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
         ctx.target_forwards += 1
         p_rule, p = ctx.probs(fo_t.logits)
@@ -276,7 +279,8 @@ class SpecCascadeDecoder(BaseDecoder):
             features = {"draft_hidden": d_hidden, "target_hidden": fo_t.hidden}
         res: Any = None
         if fused is not None:
-            res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused)
+            res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused,
+                               rows=rows, cols=ar_g1)
         if res is None:
             res = verify_block(
                 drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=self.bonus,
@@ -284,20 +288,22 @@ class SpecCascadeDecoder(BaseDecoder):
             )
         acc = res.accepted
         # 4. roll back both caches: keep the pending token and the accepted drafts
-        keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
+        if isinstance(res, FusedResult):
+            keep, pend_next, defer_drafted = res.kept, res.final, res.defer_given
+        else:
+            keep = ar_g1.unsqueeze(0) <= acc.unsqueeze(1)
+            pend_next = res.tokens.gather(1, acc.unsqueeze(1)).squeeze(1)  # the residual / bonus draw
+            defer_drafted = res.defer_drafted
         draft.keep_last(g + 1, keep)
         target.keep_last(g + 1, keep)
-        n_out, finished = ctx.emit(row_ids, gen, res.tokens, res.num_emitted)
-        counters.add(row_ids, acc, res.defer_drafted, g)
+        finished, gen_next = ctx.emit_lean(row_ids, gen, res.tokens, res.num_emitted)
+        counters.add(row_ids, acc, defer_drafted, g)
         if ctx.on_round is not None:
-            ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, n_out, q, p, q_rule, p_rule))
+            ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, gen_next - gen, q, p, q_rule, p_rule))
         ctx.rounds += 1
-        # next round's pending token: the residual / bonus draw
-        pend = res.tokens.gather(1, acc.unsqueeze(1)).squeeze(1)
-        pos = pos + acc + 1
-        gen = gen + n_out
         verified = (acc.sum(), torch.clamp(acc + 1, max=g).sum()) if track else ()
-        return n_out, finished, bad, verified, pend, pos, gen
+        # next round: the residual / bonus draw is pending, after the accepted drafts
+        return finished, bad, verified, pend_next, pos + res.num_emitted, gen_next
 
     def _target_step(
         self,
@@ -312,15 +318,15 @@ class SpecCascadeDecoder(BaseDecoder):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """A round without drafts (pi = p): the target reads the pending token and the next token is drawn
         from p with the sample stream's uniform at its position, as a bonus draw would be. Returns
-        ``(n_out, finished, bad, token)``, each ``[B]`` (``bad`` 0-dim)."""
+        ``(finished, bad, token, gen)``, each ``[B]`` (``bad`` 0-dim; ``gen`` the rows' new lengths)."""
         u_smp = plan.uniforms.round(keys, gen, 0)[2]  # [B, 1]
         fo = target.forward(pend.unsqueeze(1), pos.unsqueeze(1), hidden=False)
         ctx.target_forwards += 1
         p_rule, p = ctx.probs(fo.logits[:, -1])
         bad = plan.logits_nonfinite(fo.logits) if plan.check_each_forward else plan.round_nonfinite(p_rule, p_rule)
         tok = sample_categorical(p, u_smp[:, 0])
-        n_out, finished = ctx.emit(row_ids, gen, tok.unsqueeze(1), torch.ones_like(gen))
-        return n_out, finished, bad, tok
+        finished, gen = ctx.emit_lean(row_ids, gen, tok.unsqueeze(1), torch.ones_like(gen))
+        return finished, bad, tok, gen
 
     def _draft_block(
         self,
@@ -332,14 +338,17 @@ class SpecCascadeDecoder(BaseDecoder):
         check: bool,
         g: int | None = None,
         lag: Tensor | None = None,  # [B, L] tokens before ``pend`` the draft has not read (L may be 0)
+        with_pending: bool = False,
+        ar_g1: Tensor | None = None,  # [g + 1] 0..g, if the caller has it
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """Draft ``g`` (default gamma) tokens with ``g + 1`` forwards (the last one gives q at the bonus
         position); the first forward also reads ``lag``, the tokens emitted by plain target steps.
 
-        Returns ``drafts`` ``[B, gamma]``, tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the
-        same tensor when sampling does not change the distribution), the draft's last hidden states
-        ``[B, gamma + 1, H]`` when the rule reads them, and, with ``check``, a 0-dim bool "some logits were
-        non-finite" (the reference loop checks every forward; the fast loop checks once per round).
+        Returns ``drafts`` ``[B, gamma]`` (``with_pending``: the block ``[B, gamma + 1]`` of ``pend`` and the
+        drafts), tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the same tensor when sampling
+        does not change the distribution), the draft's last hidden states ``[B, gamma + 1, H]`` when the rule
+        reads them, and, with ``check``, a 0-dim bool "some logits were non-finite" (the reference loop checks
+        every forward; the fast loop checks once per round).
         """
         g = self.gamma if g is None else g
         tok = pend.unsqueeze(1)
@@ -349,10 +358,13 @@ class SpecCascadeDecoder(BaseDecoder):
             first_pos = pos.unsqueeze(1) + torch.arange(-lag.shape[1], 1, device=pos.device)
             if self.engine_spec.static_shapes:
                 tok, first_pos = self._catch_up(draft, tok, first_pos)
+        # the later steps' positions pos + i, in one op: row i of [g + 1, B] (contiguous, as a step's own would be)
+        ar = torch.arange(g + 1, device=pos.device) if ar_g1 is None else ar_g1
+        step_pos = ar.unsqueeze(1) + pos if g else None
         q_list, qr_list, d_list, dh_list = [], [], [], []
         bad = None
         for i in range(g + 1):
-            fo = draft.forward(tok, first_pos if i == 0 else (pos + i).unsqueeze(1), hidden=self.wants_hidden)
+            fo = draft.forward(tok, first_pos if i == 0 else step_pos[i].unsqueeze(1), hidden=self.wants_hidden)
             lg = fo.logits[:, -1]
             if check:
                 bad = any_nonfinite(lg) if bad is None else bad | any_nonfinite(lg)
@@ -369,7 +381,7 @@ class SpecCascadeDecoder(BaseDecoder):
         q_rule = torch.stack(qr_list, dim=1)
         q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
         d_hidden = torch.stack(dh_list, dim=1) if dh_list else None
-        return torch.stack(d_list, dim=1), q, q_rule, d_hidden, bad
+        return torch.stack([pend, *d_list] if with_pending else d_list, dim=1), q, q_rule, d_hidden, bad
 
     def _catch_up(self, draft: Any, tok: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Static engines: feed all but the last ``gamma + 1``-wide chunk of ``tok`` / ``positions``
@@ -424,6 +436,12 @@ class SpecCascadeDecoder(BaseDecoder):
             accept_prob=res.accept_prob,
             rejection_prob=res.rejection_prob,
         )
+
+
+def _leave(ctx: CallContext, counters: Any, row_ids: Tensor, gen: Tensor) -> None:
+    """Before the live rows change (and at the end): write their counters and lengths back."""
+    counters.flush(row_ids)
+    ctx.lengths[row_ids] = gen
 
 
 # ---- factory ----------------------------------------------------------------------------------------------

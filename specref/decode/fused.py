@@ -18,6 +18,11 @@ the whole block: equal up to the order of a float sum, i.e. identical tokens on 
 uniform falls within rounding of a CDF boundary). Supported: every rule whose fused methods are as deep as
 its ``mix`` / ``verification`` (see :func:`fused_kind`): SpecDecode, ensemble, Chow, Diff, OPT, Token V1-V3,
 learned and lossy SpecDecode; anything else returns None and the decoder uses ``verify_block``.
+
+One formula is written here: for SpecDecode (and any rule that keeps :class:`~specref.rules.TargetRule`'s
+decision and mixing) the mixture ``(1 - 1) q + 1 p`` is computed as ``p + 0 q``, the same floats (NaN
+wherever ``q`` is not finite) in one op, and the deferral at the drafted tokens, 1 everywhere, is left
+implicit (``defer_given=None``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from specref import genspec
 from specref import rules as rules_mod
 from specref.dists import sample_categorical
-from specref.verify import emitted_tokens
+from specref.verify import PAD
 
 __all__ = ["FusedResult", "fused_kind", "fused_verify"]
 
@@ -42,8 +48,19 @@ class FusedResult:
     accepted: Tensor  # [B]
     tokens: Tensor  # [B, gamma + 1]
     num_emitted: Tensor  # [B]
-    defer_drafted: Tensor  # [B, gamma]
+    #: [B, gamma] deferral at the drafted tokens; None: 1 at each (pi = p), see :attr:`defer_drafted`
+    defer_given: Tensor | None
     accept_prob: Tensor  # [B, gamma]
+    #: [B, gamma + 1] bool: positions 0..accepted (the pending token and the accepted drafts in a round's block;
+    #: the emitted tokens in ``tokens``)
+    kept: Tensor | None = None
+    #: [B] the residual or bonus token (``tokens`` at ``accepted``)
+    final: Tensor | None = None
+
+    @property
+    def defer_drafted(self) -> Tensor:
+        """``[B, gamma]`` deferral at the drafted tokens."""
+        return torch.ones_like(self.accept_prob) if self.defer_given is None else self.defer_given
 
 
 #: the Rule methods a round's fused verification stands in for, and the ones it calls instead
@@ -53,6 +70,21 @@ _FUSED_METHODS = ("drafted_acceptance", "row_distributions")
 
 def _owner(cls: type, name: str) -> type:
     return next(k for k in cls.__mro__ if name in vars(k))
+
+
+#: what a rule must inherit unchanged from Rule / TargetRule for pi = p to be computed directly
+_TARGET_METHODS = (*_REFERENCE_METHODS, *_FUSED_METHODS, "decide", "decide_position")
+_PI_IS_P: dict[type, bool] = {}
+
+
+def _pi_is_p(cls: type) -> bool:
+    """The rule class keeps TargetRule's decision (defer everywhere) and the default mixing: pi = p."""
+    known = _PI_IS_P.get(cls)
+    if known is None:
+        known = _PI_IS_P[cls] = issubclass(cls, rules_mod.TargetRule) and all(
+            _owner(cls, m) in (rules_mod.Rule, rules_mod.TargetRule) for m in _TARGET_METHODS
+        )
+    return known
 
 
 def fused_kind(rule: Any) -> str | None:
@@ -78,11 +110,6 @@ def fused_kind(rule: Any) -> str | None:
     return "token" if rule.token_level else "position"
 
 
-def _rows(x: Tensor, flat: Tensor) -> Tensor:
-    """``x[b, idx[b]]`` for ``x`` ``[B, P, ...]`` given ``flat = b * P + idx[b]``: ``[B, ...]``."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).index_select(0, flat)
-
-
 def fused_verify(
     drafts: Tensor,  # [B, G]
     q: Tensor,  # [B, G + 1, V] tempered draft dists
@@ -95,23 +122,41 @@ def fused_verify(
     u_sample: Tensor,  # [B, G + 1]
     features: Any = None,
     kind: str | None = None,
+    rows: Tensor | None = None,  # [>= B] 0, 1, 2, ... (a caller's precomputed arange)
+    cols: Tensor | None = None,  # [>= G + 1] 0, 1, 2, ...
 ) -> FusedResult | None:
     """Verify a block like ``verify_block(..., validate=False)`` for the supported rules; None otherwise."""
     kind = kind or fused_kind(rule)
     if kind is None or not isinstance(bonus, str):
         return None
     b, g = drafts.shape
+    rows = torch.arange(b, device=q.device) if rows is None else rows[:b]
+    cols = torch.arange(g + 1, device=q.device) if cols is None else cols[: g + 1]
     drafts = drafts.long()
-    defer_d, accept_d, decision = rule.drafted_acceptance(drafts, q_rule, p_rule, q, p, features)
+    pi_is_p = kind == "position" and _pi_is_p(type(rule))
+    if pi_is_p:  # TargetRule's pi = (1 - 1) q + 1 p, as p + 0 q (see the module docstring)
+        d_idx = drafts.unsqueeze(-1)
+        q_d, p_d = q[:, :g].gather(-1, d_idx).squeeze(-1), p[:, :g].gather(-1, d_idx).squeeze(-1)
+        defer_d, accept_d = None, genspec.acceptance(q_d, torch.add(p_d, q_d, alpha=0.0))
+    else:
+        defer_d, accept_d, decision = rule.drafted_acceptance(drafts, q_rule, p_rule, q, p, features)
     ok = u_accept.to(accept_d.dtype) < accept_d
-    accepted = ok.long().cumprod(dim=-1).sum(dim=-1)  # [B]
+    accepted = ok.cumprod(dim=-1).sum(dim=-1)  # [B] (cumprod of bool counts in int64)
+    acc_col = accepted.unsqueeze(1)
+    kept = cols <= acc_col  # [B, G + 1]; column G: every draft passed
 
     # The one position per row whose distribution is drawn from: first rejection, or gamma (bonus).
-    sel = torch.arange(b, device=q.device) * (g + 1) + accepted
-    resid_s, bonus_s = rule.row_distributions(tuple(_rows(x, sel) for x in decision), _rows(q, sel), _rows(p, sel),
-                                              bonus)
-    final_dist = torch.where((accepted < g).unsqueeze(-1), resid_s, bonus_s)
-    final_u = u_sample.gather(1, accepted.unsqueeze(1)).squeeze(1)
-    final_tok = sample_categorical(final_dist, final_u)
+    q_s, p_s = q[rows, accepted], p[rows, accepted]
+    if pi_is_p:
+        pi_s = torch.add(p_s, q_s, alpha=0.0)
+        resid_s, bonus_s = genspec.residual(q_s, pi_s), pi_s if bonus == "pi" else p_s
+    else:
+        resid_s, bonus_s = rule.row_distributions(tuple(x[rows, accepted] for x in decision), q_s, p_s, bonus)
+    final_dist = torch.where(kept[:, g:], bonus_s, resid_s)
+    final_tok = sample_categorical(final_dist, u_sample[rows, accepted])
 
-    return FusedResult(accepted, emitted_tokens(drafts, accepted, final_tok), accepted + 1, defer_d, accept_d)
+    # emitted_tokens(drafts, accepted, final_tok), built from the drafts with the final token put at `accepted`
+    # (and, where it is g, at g already) and PAD after it
+    tokens = torch.cat([drafts, final_tok.unsqueeze(1)], dim=1).scatter_(1, acc_col, final_tok.unsqueeze(1))
+    tokens = torch.where(kept, tokens, PAD)
+    return FusedResult(accepted, tokens, accepted + 1, defer_d, accept_d, kept, final_tok)

@@ -195,18 +195,19 @@ class SlotCache(DynamicCache):
             layer.rebuild(rows, slots)
 
 
-def slot_summary(valid: Tensor) -> Tensor:
+def slot_summary(valid: Tensor, rev: Tensor | None = None) -> Tensor:
     """``[3]`` long on device from a slot table's ``valid`` ``[B, L]``: (max live slots per row, min and max
-    trailing junk slots per row)."""
+    trailing junk slots per row). ``rev``: ``L - 1, ..., 1, 0`` if the caller has it."""
     length = valid.shape[1]
     if length == 0 or valid.shape[0] == 0:
         return torch.zeros(3, dtype=torch.long, device=valid.device)
     n = valid.sum(dim=1)
-    # Index of the last live slot (-1 if none): trailing junk = length - 1 - last.
-    idx = torch.arange(length, device=valid.device)
-    last = torch.where(valid, idx, torch.full_like(idx, -1)).amax(dim=1)
-    trail = length - 1 - last
-    return torch.stack([n.max(), trail.min(), trail.max()])
+    # trailing junk = length - 1 - (last live slot), i.e. the least L - 1 - j over live slots j (L if none)
+    if rev is None:
+        rev = torch.arange(length - 1, -1, -1, device=valid.device)
+    trail = torch.where(valid, rev, length).amin(dim=1)
+    lo, hi = torch.aminmax(trail)
+    return torch.stack([n.max(), lo, hi])
 
 
 def plan_compaction(
@@ -303,6 +304,9 @@ class PreallocSlotTable(SlotTable):
         self._v = torch.zeros((batch, self._cap), dtype=torch.bool, device=device)
         self._p = torch.full((batch, self._cap), -1, dtype=torch.long, device=device)
         self._len = 0
+        # the position of a junk slot, and slot j's distance _cap - 1 - j from the buffer's end (for summary)
+        self._junk_pos = torch.tensor(-1, dtype=torch.long, device=device)
+        self._rev = torch.arange(self._cap - 1, -1, -1, device=device)
 
     @property
     def valid(self) -> Tensor:  # type: ignore[override]
@@ -344,7 +348,13 @@ class PreallocSlotTable(SlotTable):
             return
         tail = self._v[:, self._len - n : self._len]
         tail &= keep
-        self._p[:, self._len - n : self._len].masked_fill_(~tail, -1)
+        pos = self._p[:, self._len - n : self._len]
+        torch.where(tail, pos, self._junk_pos, out=pos)
+
+    def summary(self) -> Tensor:
+        if self._rev.shape[0] != self._cap:
+            self._rev = torch.arange(self._cap - 1, -1, -1, device=self._v.device)
+        return slot_summary(self.valid, self._rev[self._cap - self._len :])
 
     def truncate(self, lengths: Tensor, rows: Tensor | None = None) -> None:
         pos = self.pos

@@ -7,11 +7,12 @@ same uniforms and emit the same tokens:
 * the reference round (``plain``): uniforms from :func:`specref.rng.keyed_uniform` stream by stream, a
   non-finite check after every forward, :func:`specref.verify.verify_block`, counters added into the
   per-call :class:`~specref.decode.stats.Counters` every round, one cache summary per session;
-* the lean round (``fast`` and the static engines): all of a round's uniforms in one pass
-  (:func:`round_uniforms`, bit for bit the same values), one non-finite check per round on the stacked
-  distributions, fused rule + verification (:mod:`specref.decode.fused`) when no ``on_round`` hook needs the
-  full tensors, per-row counters accumulated in one ``[B, K]`` tensor of the live rows (written back when
-  rows leave and at the end), one cache summary for both sessions (their slot tables are equal).
+* the lean round (``fast`` and the static engines): every uniform a call can draw computed once, at its
+  start (:func:`round_uniforms`, bit for bit the same values), and gathered per round; one non-finite check
+  per round on the stacked distributions, fused rule + verification (:mod:`specref.decode.fused`) when no
+  ``on_round`` hook needs the full tensors, per-row counters accumulated in one ``[B, 2 gamma]`` tensor of
+  the live rows (the other counters follow from it and from host-side round counts, written back when rows
+  leave and at the end), one cache summary for both sessions (their slot tables are equal).
 """
 
 from __future__ import annotations
@@ -73,17 +74,27 @@ class _KeyedUniforms:
 
 
 class _BatchedUniforms:
-    """Lean: the three streams in one pass from per-row keys hashed once per call."""
+    """Lean: the three streams' uniforms at every token index a call can reach, computed at its start from
+    per-row keys (``[B, 3, horizon]`` float32, following the live rows); a round gathers its block."""
 
-    def __init__(self, gamma: int, device: torch.device) -> None:
+    def __init__(self, gamma: int, device: torch.device, horizon: int) -> None:
         self.gamma = gamma
+        #: token indices 0..horizon - 1 (a round of g drafts at gen < max_new reads gen..gen + g)
+        self.horizon = horizon
+        self.ar = torch.arange(gamma + 1, device=device)
 
-    def keys(self, seeds: Tensor) -> Tensor:  # seeds [B] -> [B, 3]
-        return stream_keys(seeds)
+    def keys(self, seeds: Tensor) -> Tensor:  # seeds [B] -> [B, 3, horizon] uniforms
+        keys = stream_keys(seeds)
+        start = torch.zeros_like(seeds, dtype=torch.long)
+        # in chunks of indices: the hash's int64 temporaries stay small for long generations
+        step = max(1, (1 << 20) // max(3 * seeds.shape[0], 1))
+        parts = [round_uniforms(keys, start + s, min(step, self.horizon - s)) for s in range(0, self.horizon, step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def round(self, keys: Tensor, gen: Tensor, g: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         g = self.gamma if g is None else g
-        u = round_uniforms(keys, gen, g + 1)  # [B, 3, g + 1]
+        at = gen.unsqueeze(1) + self.ar[: g + 1]  # [B, g + 1] token indices of the round
+        u = keys.gather(2, at.unsqueeze(1).expand(-1, keys.shape[1], -1))  # [B, 3, g + 1]
         return u[:, 0], u[:, 1, :g], u[:, 2]
 
 
@@ -101,7 +112,7 @@ class _DirectCounters:
 
     def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
         """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
-        ``[B, g]`` deferral at the drafted tokens."""
+        ``[B, g]`` deferral at the drafted tokens (None: 1 at each; both unused when ``g = 0``)."""
         cnt = self.cnt
         g = self.gamma if g is None else g
         if g == 0:  # a plain target step: one round, one target call, nothing drafted
@@ -119,7 +130,10 @@ class _DirectCounters:
         cnt.rejections[row_ids] += (acc < g).long()
         cnt.pos_reached[row_ids, :g] += reached.long()
         cnt.pos_accepted[row_ids, :g] += (ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
-        cnt.deferred[row_ids] += (defer_drafted.double() * reached).sum(dim=1)
+        if defer_drafted is None:  # deferral 1 at every drafted token
+            cnt.deferred[row_ids] += reached.double().sum(dim=1)
+        else:
+            cnt.deferred[row_ids] += (defer_drafted.double() * reached).sum(dim=1)
         cnt.defer_positions[row_ids] += n_reached
 
     def flush(self, row_ids: Tensor) -> None:
@@ -127,54 +141,66 @@ class _DirectCounters:
 
 
 class _LiveCounters:
-    """Lean: one ``[B, 4 + 2g]`` long and one ``[B]`` float64 accumulator over the live rows, assigned back
-    (so float sums keep their order) when rows leave and at the end."""
+    """Lean: per live row, one ``[B, 2 gamma]`` long tensor of how often each draft position was verified
+    (columns ``j < gamma``) and accepted (columns ``gamma + j``), and one ``[B]`` float64 deferral sum;
+    assigned back (so float sums keep their order) when rows leave and at the end.
+
+    The other counters follow exactly: drafted = sum of the verified columns, accepted = sum of the accepted
+    ones, rejections = drafted - accepted (a round verifies ``min(acc + 1, g)`` drafts and rejects one iff
+    ``acc < g``), and every live row took part in every round so far (rows only leave), so rounds, target
+    calls and draft calls are host-side numbers. While every round's deferral is 1 at each drafted token
+    (``defer_drafted=None``), the deferral sum is drafted itself (integers, exact in float64) and is neither
+    accumulated nor carried."""
 
     def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
-        self.ar_col = torch.arange(gamma, device=ctx.device).unsqueeze(0)
-        # rounds, drafted, accepted, rejections, pos_reached[g], pos_accepted[g]
-        acc_i = torch.zeros((ctx.batch, 4 + 2 * gamma), dtype=torch.long, device=ctx.device)
-        acc_d = torch.zeros(ctx.batch, dtype=torch.float64, device=ctx.device)
-        self.live: tuple[Tensor, ...] = (acc_i, acc_d)
-        # every live row took part in every round so far (rows only leave), so their draft calls are one
-        # host-side number: no device op per round
-        self.draft_calls = 0
+        ar = torch.arange(gamma, device=ctx.device)
+        # position j was verified iff j <= acc and accepted iff j + 1 <= acc: one comparison for both halves
+        self.thresholds = torch.cat([ar, ar + 1]).unsqueeze(0)  # [1, 2 gamma]
+        self._drafted: dict[int, Tensor] = {}  # g -> [1, 2 gamma] bool: positions < g (a shorter round)
+        acc_i = torch.zeros((ctx.batch, 2 * gamma), dtype=torch.long, device=ctx.device)
+        #: (acc_i, acc_d); only (acc_i,) while every round so far had deferral 1 at each drafted token (the
+        #: deferral sum is then the drafted count)
+        self.live: tuple[Tensor, ...] = (acc_i,)
+        self.rounds = self.draft_calls = 0
 
-    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
+    def add(self, row_ids: Tensor, acc: Tensor | None, defer_drafted: Tensor | None, g: int | None = None) -> None:
+        """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
+        ``[B, g]`` deferral at the drafted tokens (both unused, and may be None, when ``g = 0``)."""
         gamma = self.gamma
         g = gamma if g is None else g
-        acc_i, acc_d = self.live
+        self.rounds += 1
         if g == 0:  # a plain target step: one round, one target call, nothing drafted
-            acc_i[:, 0] += 1
             return
         self.draft_calls += g + 1
-        acc_col = acc.unsqueeze(1)
-        reached = self.ar_col <= acc_col
-        if g < gamma:  # a shorter round: positions g.. were not drafted
-            reached = reached & (self.ar_col < g)
-        n_reached = reached.sum(dim=1)
-        acc_i[:, 0] += 1
-        acc_i[:, 1:] += torch.cat(
-            [torch.stack([n_reached, acc, (acc < g).long()], dim=1), reached.long(), (self.ar_col < acc_col).long()],
-            dim=1,
-        )
-        acc_d += (defer_drafted.double() * reached[:, :g]).sum(dim=1)
+        acc_i = self.live[0]
+        hit = self.thresholds <= acc.unsqueeze(1)  # [B, 2 gamma]: verified | accepted
+        if g < gamma:  # a shorter round: positions g.. were not drafted (acc <= g, so only j = g can be hit)
+            mask = self._drafted.get(g)
+            if mask is None:
+                mask = self._drafted[g] = (torch.arange(gamma, device=acc.device) < g).repeat(2).unsqueeze(0)
+            hit = hit & mask
+        if defer_drafted is None:
+            acc_i += hit
+            if len(self.live) > 1:
+                self.live[1].add_(hit[:, :g].double().sum(dim=1))
+            return
+        if len(self.live) == 1:  # the deferral sum so far, of exact integers: the drafted count
+            self.live = (acc_i, acc_i[:, :gamma].sum(dim=1).double())
+        acc_i += hit
+        self.live[1].add_((defer_drafted.double() * hit[:, :g]).sum(dim=1))
 
     def flush(self, row_ids: Tensor) -> None:
         g, cnt = self.gamma, self.cnt
-        acc_i, acc_d = self.live
-        r = acc_i[:, 0]
-        cnt.rounds[row_ids] = r
-        cnt.draft_calls[row_ids] = self.draft_calls
-        cnt.target_calls[row_ids] = r
-        cnt.drafted[row_ids] = acc_i[:, 1]
-        cnt.defer_positions[row_ids] = acc_i[:, 1]
-        cnt.accepted[row_ids] = acc_i[:, 2]
-        cnt.rejections[row_ids] = acc_i[:, 3]
-        cnt.pos_reached[row_ids] = acc_i[:, 4 : 4 + g]
-        cnt.pos_accepted[row_ids] = acc_i[:, 4 + g :]
-        cnt.deferred[row_ids] = acc_d
+        acc_i = self.live[0]
+        drafted, n_acc = acc_i[:, :g].sum(dim=1), acc_i[:, g:].sum(dim=1)
+        table = cnt.table
+        table[row_ids, cnt.CALLS.start] = self.draft_calls
+        table[row_ids, cnt.CALLS.start + 1 : cnt.CALLS.stop] = self.rounds  # target calls, rounds
+        # drafted, defer_positions, accepted, rejections, pos_reached, pos_accepted
+        counts = torch.cat([torch.stack([drafted, drafted, n_acc, drafted - n_acc], dim=1), acc_i], dim=1)
+        table[row_ids, cnt.SPECULATIVE_START : cnt.SPECULATIVE_START + 4 + 2 * g] = counts
+        cnt.deferred[row_ids] = self.live[1] if len(self.live) > 1 else drafted.double()
 
 
 # ---- the plan -------------------------------------------------------------------------------------------
@@ -196,10 +222,11 @@ class RoundPlan:
     def round_nonfinite(self, q_rule: Tensor, p_rule: Tensor) -> Tensor:
         """0-dim bool from the round's untempered ``[B, g + 1, V]`` distributions (lean check).
 
-        Softmax rows are in [0, 1] or all NaN: a row max is NaN iff the row is (max propagates NaN), and
+        Softmax rows are in [0, 1] or all NaN: a max is NaN iff some row is (max propagates NaN), and
         softmax is non-finite iff the logits are NaN, +inf or all -inf.
         """
-        return ~(torch.isfinite(q_rule.amax(dim=-1)).all() & torch.isfinite(p_rule.amax(dim=-1)).all())
+        # a max over everything is NaN iff some entry is: the same verdict as per-row maxima, in fewer ops
+        return (q_rule.amax() + p_rule.amax()).isnan()
 
     @staticmethod
     def logits_nonfinite(logits: Tensor) -> Tensor:
@@ -209,5 +236,7 @@ class RoundPlan:
 def round_plan(lean: bool, ctx: CallContext, gamma: int) -> RoundPlan:
     """The reference (``lean=False``) or lean round of one call."""
     if lean:
-        return RoundPlan(_BatchedUniforms(gamma, ctx.device), _LiveCounters(ctx, gamma), False, True, True)
+        # every index a row can reach: gen < max_new, plus a block of gamma + 1 (and a margin)
+        horizon = ctx.max_new + gamma + 2
+        return RoundPlan(_BatchedUniforms(gamma, ctx.device, horizon), _LiveCounters(ctx, gamma), False, True, True)
     return RoundPlan(_KeyedUniforms(gamma, ctx.device), _DirectCounters(ctx, gamma), True, False, False)

@@ -444,6 +444,11 @@ class StaticSession:
         self.n_live = batch
         self.live_mask = torch.ones(batch, dtype=torch.bool, device=dev)
         self.engine.set_live(self.live_mask)
+        #: per physical row, the index of its live row (dead rows: 0); per-call constants of the rollback and
+        #: the summary: the position of a junk slot, and slot j's distance cap - 1 - j from the buffer's end
+        self._live_of = torch.arange(batch, device=dev)
+        self._junk_pos = torch.tensor(-1, dtype=torch.long, device=dev)
+        self._rev = torch.arange(cap - 1, -1, -1, device=dev)
         self.forwards = 0
         self.compactions = 0
         self.profiler: Any = None
@@ -490,17 +495,22 @@ class StaticSession:
     def keep_last(self, n: int, keep: Tensor) -> None:
         eng, s, e = self.engine, self.length - n, self.length
         tail = eng.valid[:, s:e]
-        tail &= self._phys(keep, True)
-        eng.pos[:, s:e].masked_fill_(~tail, -1)
+        if self.n_live < eng.b0:
+            # physical rows read their live row's mask; a dead row reads some live row's, harmlessly: its
+            # slots are all junk (valid false, position -1) already
+            keep = keep.index_select(0, self._live_of)
+        tail &= keep
+        pos = eng.pos[:, s:e]
+        torch.where(tail, pos, self._junk_pos, out=pos)
 
     def truncate(self, lengths: Tensor, rows: Tensor | None = None) -> None:
         raise NotImplementedError("static engines support the speculative and single-model decoders only")
 
     def summary(self) -> Tensor:
-        v = self.engine.valid[:, : self.length]
-        if self.n_live < self.engine.b0:
-            v = v.index_select(0, self.live)
-        return slot_summary(v)
+        """:func:`~specref.decode.kvcache.slot_summary` of the physical rows. Dead rows hold no live slot,
+        so the first two entries (the ones :meth:`maintain` reads) are the live rows' own; the third counts a
+        dead row as all junk."""
+        return slot_summary(self.engine.valid[:, : self.length], self._rev[self.capacity - self.length :])
 
     def maintain(self, summary: list[int], rows: Tensor | None = None) -> None:
         """Rows leaving become dead rows; trailing junk is cropped; holes are compacted only when the next
@@ -512,6 +522,8 @@ class StaticSession:
             self.live_mask.fill_(False)
             self.live_mask[self.live] = True
             self.engine.set_live(self.live_mask)
+            self._live_of = torch.zeros_like(self._live_of)
+            self._live_of[self.live] = torch.arange(self.n_live, device=self.live.device)
         if trail_min > 0:
             self.length -= min(trail_min, self.length)
         if self.length + self.reserve > self.capacity and self.length > 0:

@@ -121,20 +121,24 @@ class Counters:
     Public because the decoders' per-call context (:mod:`specref.decode.base`) owns one and the rounds add
     into it; :meth:`DecodeStats.from_counters` reads it back at the end of the call."""
 
+    #: columns of :attr:`table`: draft calls, target calls, rounds; then the speculative counts (drafted,
+    #: defer_positions, accepted, rejections, pos_reached[g], pos_accepted[g]), adjacent so that a loop can
+    #: write a row's counts in one op; then tokens and rollbacks
+    CALLS = slice(0, 3)
+    SPECULATIVE_START = 3
+
     def __init__(self, batch: int, gamma: int, device: torch.device) -> None:
-        z = lambda *s: torch.zeros(s, dtype=torch.long, device=device)  # noqa: E731
-        self.tokens = z(batch)
-        self.draft_calls = z(batch)
-        self.target_calls = z(batch)
-        self.rounds = z(batch)
-        self.drafted = z(batch)  # drafted tokens that were verified (reached)
-        self.accepted = z(batch)
-        self.rejections = z(batch)
-        self.pos_reached = z(batch, max(gamma, 1))
-        self.pos_accepted = z(batch, max(gamma, 1))
+        g = max(gamma, 1)
+        #: every long counter, one column (or ``g`` columns) each; the fields below are views of it
+        self.table = torch.zeros((batch, 9 + 2 * g), dtype=torch.long, device=device)
+        t = self.table
+        self.draft_calls, self.target_calls, self.rounds = t[:, 0], t[:, 1], t[:, 2]
+        self.drafted = t[:, 3]  # drafted tokens that were verified (reached)
+        self.defer_positions = t[:, 4]  # denominator of the deferral rate
+        self.accepted, self.rejections = t[:, 5], t[:, 6]
+        self.pos_reached, self.pos_accepted = t[:, 7 : 7 + g], t[:, 7 + g : 7 + 2 * g]
+        self.tokens, self.rollbacks = t[:, 7 + 2 * g], t[:, 8 + 2 * g]
         self.deferred = torch.zeros(batch, dtype=torch.float64, device=device)
-        self.defer_positions = z(batch)  # denominator of the deferral rate
-        self.rollbacks = z(batch)
 
 
 @dataclass
