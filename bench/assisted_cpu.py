@@ -16,10 +16,10 @@ What one run does (about 3 minutes on a 2-core CPU with the defaults; ``--smoke`
 3. **Calibration** (untimed; also the warm-up): every configuration decodes the first ``--calib`` prompts.
    Forward hooks on both models time every forward call by its width, which gives the costs measured inside
    specref's own calls: ``c`` = draft one-token forward / target one-token forward (target-only decoding),
-   ``verify_slope`` = (target block of gamma + 1 / target one-token forward - 1) / gamma. The policy gets
-   exactly these two numbers (``AdaptiveGamma(c=..., verify_slope=...)``; its other settings are the
-   defaults). The time outside the forwards per fixed-gamma round and per target-only token is recorded too
-   (the policy's cost model has no term for it).
+   ``verify_slope`` = (target block of gamma + 1 / target one-token forward - 1) / gamma, and the time outside
+   the forwards per fixed-gamma round and per target-only token, over the target one-token forward:
+   ``round_overhead`` and ``plain_overhead``. The policy gets exactly these four numbers (its other settings
+   are the defaults).
 4. **Timed passes**: ``--repeats`` passes over the prompts; within a pass each prompt is decoded by every
    configuration in turn, the order rotated from prompt to prompt and pass to pass, so that a slow spell of
    the machine falls on every configuration alike. Ratios are taken per pass (paired), then their median.
