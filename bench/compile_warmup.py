@@ -116,6 +116,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     return R
 
 
+def _verdict(R: dict[str, Any], seconds: float) -> str:
+    if R["smoke"]:  # the goal is about real model sizes; tiny shapes only show the cache at work
+        return "not judged (smoke shapes)"
+    return "met" if seconds <= GOAL_S else "missed"
+
+
 def markdown(R: dict[str, Any]) -> str:
     a, P = R["args"], R["passes"]
     L = [f"# Compiled decoder warm-up in a fresh process ({R['env']['device']})", "",
@@ -132,7 +138,7 @@ def markdown(R: dict[str, Any]) -> str:
             continue
         L.append(f"| {m} | {c['first_call_s']:.1f} | {w['first_call_s']:.1f} | {w['second_call_s']:.2f} | "
                  f"{c['fxgraph_cache_hit']} / {c['fxgraph_cache_miss']}; {w['fxgraph_cache_hit']} / "
-                 f"{w['fxgraph_cache_miss']} | {'met' if w['first_call_s'] <= GOAL_S else 'missed'} |")
+                 f"{w['fxgraph_cache_miss']} | {_verdict(R, w['first_call_s'])} |")
     if P.get("cold"):
         L += ["", f"Building the models took {P['cold']['build_s']:.1f} s per process (not in the first call)."]
     return "\n".join(L) + "\n"
