@@ -25,7 +25,11 @@ H100, not yet timed):
    what it chose (mean g, share of g = 0 rounds) and its ratio to target-only. Then transformers'
    ``generate`` eager, with a static cache (transformers compiles the forward itself then) and assisted
    generation (batch 1). ``compile-graph`` at batch 1 when the budget allows (``--parts core,hf`` skips it).
-6. JSON (everything) and markdown (``<out>.json``, ``<out>.md``, rewritten after every section); the
+6. **T5** (``--parts t5``, in the default parts, run last while the budget lasts): T5 v1.1 small -> large shapes
+   (61M draft, 750M target at vocabulary 32128, random weights, output matrix tied as transformers builds T5), random prompts as the encoder's input, the
+   temperature calibrated the same way; target-only, SpecDecode and token_v3 with a fixed gamma on ``graph`` at
+   every batch size, the encoder-decoder path of the static engines.
+7. JSON (everything) and markdown (``<out>.json``, ``<out>.md``, rewritten after every section); the
    markdown, with the targets table, is a pure function of the JSON (``--render``).
 
 Usage::
@@ -80,9 +84,20 @@ SHAPES = {
                          "0.5b": ({"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                                    "num_attention_heads": 2, "num_key_value_heads": 1}, True)}},
 }
+#: T5 v1.1 small (draft) and large (target) widths and depths: the paper's encoder-decoder setup (random
+#: weights, gated-GELU feed-forward, vocabulary 32128; transformers' T5 ties the output matrix to the input
+#: embedding, so 61M and 750M parameters).
+T5_SHAPES = {
+    "full": {"vocab": 32128, "target": {"d_model": 1024, "d_ff": 2816, "d_kv": 64, "num_layers": 24, "num_heads": 16},
+             "draft": {"d_model": 512, "d_ff": 1024, "d_kv": 64, "num_layers": 8, "num_heads": 6}},
+    "smoke": {"vocab": 512, "target": {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_layers": 2, "num_heads": 4},
+              "draft": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 1, "num_heads": 2}},
+}
+#: the T5 part's expected seconds on one H100 / H200 (models built in seconds, 3 rows per batch size)
+T5_EXPECTED_S = 120.0
 TEMPERATURES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0)
 TARGET_AGREEMENT = 0.8
-PARTS = ("core", "hf", "compile")
+PARTS = ("core", "hf", "compile", "t5")
 
 
 # ---- models ------------------------------------------------------------------------------------------------
@@ -102,6 +117,26 @@ def build(shape: dict[str, Any], tied: bool, vocab: int, device: str, dtype: Any
     model.requires_grad_(False)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
+    return model
+
+
+def build_t5(shape: dict[str, Any], vocab: int, device: str, dtype: Any) -> Any:
+    """A random-init T5 v1.1-style encoder-decoder built on ``device`` in ``dtype``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(vocab_size=vocab, feed_forward_proj="gated-gelu",
+                   num_decoder_layers=shape["num_layers"], decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1, **shape)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = T5ForConditionalGeneration(cfg).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    model.requires_grad_(False)
+    model.generation_config.eos_token_id = None
     return model
 
 
@@ -149,14 +184,20 @@ def agreement_by_temperature(draft: Any, target: Any, prompts: list[list[int]], 
                              temperatures: tuple[float, ...] = TEMPERATURES) -> dict[str, float]:
     """Mean ``1 - TV(softmax(draft / T), softmax(target / T))`` over every teacher-forced position.
 
-    This equals the expected per-token acceptance of SpecDecode at temperature T along these contexts.
+    This equals the expected per-token acceptance of SpecDecode at temperature T along these contexts. An
+    encoder-decoder reads ``prompts`` as its source and, shifted right, as its decoder's input.
     """
     import torch
 
     ids = torch.tensor(prompts, device=device)
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if getattr(draft.config, "is_encoder_decoder", False):
+        dec = ids.roll(1, dims=1)
+        dec[:, 0] = draft.config.decoder_start_token_id
+        inputs["decoder_input_ids"] = dec
     with torch.inference_mode():
-        q_logits = draft(ids).logits.float()  # [N, L, V]
-        p_logits = target(ids).logits.float()  # [N, L, V]
+        q_logits = draft(**inputs).logits.float()  # [N, L, V]
+        p_logits = target(**inputs).logits.float()  # [N, L, V]
         out = {}
         for t in temperatures:
             tv = 0.5 * (torch.softmax(q_logits / t, -1) - torch.softmax(p_logits / t, -1)).abs().sum(-1)  # [N, L]
@@ -600,6 +641,29 @@ def markdown(R: dict[str, Any]) -> str:
                 cells.append(f"{row['tokens_per_s']:.1f}" + (f" ({row['tokens_per_s'] / base:.2f}x)" if base else ""))
         if any(cells):
             L.append(f"| {label} | " + " | ".join(cells) + " |")
+    t5 = R.get("t5")
+    if t5:
+        L += ["", f"T5 v1.1 shapes, random weights (`--parts t5`): target {t5['params']['target'] / 1e6:.1f}M "
+              f"(large), draft {t5['params']['draft'] / 1e6:.1f}M (small), vocabulary {t5['vocab']}, the prompts "
+              f"as the encoder's input, decoded at T = {t5['temperature']} (1 - TV by T: "
+              + ", ".join(f"{t}: {v:.3f}" for t, v in t5["agreement"].items()) + "); tokens/s, ratio to T5 "
+              "target-only at the same batch:", "",
+              "| configuration | " + " | ".join(f"batch {b}" for b in bs) + " |", "|---|" + "---|" * len(bs)]
+        for label, m in (("target-only", "target"), ("SpecDecode", "specdecode"), ("SpecCascade [token_v3]",
+                                                                                  "token_v3")):
+            cells = []
+            for b in bs:
+                row, base = dec.get(f"specref/graph/t5/{m}/b{b}"), _tps(R, f"specref/graph/t5/target/b{b}")
+                if not isinstance(row, dict):
+                    cells.append("")
+                elif "error" in row:
+                    cells.append("error")
+                else:
+                    acc = row.get("acceptance_rate")
+                    cells.append(f"{row['tokens_per_s']:.1f}" + (f" ({row['tokens_per_s'] / base:.2f}x" if base
+                                                                  else " (")
+                                 + (f", acceptance {acc:.2f})" if acc is not None else ")"))
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
     spread = {k: max(r["tokens_per_s_each"]) / min(r["tokens_per_s_each"]) - 1 for k, r in dec.items()
               if isinstance(r, dict) and len(r.get("tokens_per_s_each") or ()) > 1}
     if spread:
@@ -700,9 +764,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--requests", type=int, default=None, help="batch-1 requests (default 2; smoke 1)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--drafts", default="1b,0.5b", help="drafts to time (default: 1b,0.5b)")
-    ap.add_argument("--parts", default="core,hf,compile",
-                    help="core (specref graph engine grid), hf (transformers), compile (compile-graph, batch 1); "
-                         "default: all, optional ones while the budget lasts")
+    ap.add_argument("--parts", default="core,hf,compile,t5",
+                    help="core (specref graph engine grid), hf (transformers), compile (compile-graph), t5 (T5 "
+                         "v1.1 small -> large on graph); default: all, optional ones (and t5) while the budget "
+                         "lasts")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="compile-graph at batch 1 (default auto: on a GPU, if the budget allows)")
     ap.add_argument("--compile-batch-sizes", default="1",
@@ -838,6 +903,39 @@ class RealisticRun:
                 if d not in R["drafts_done"]:
                     R["drafts_done"].append(d)
 
+    def t5(self) -> None:
+        """T5 v1.1 small -> large (random weights) on the ``graph`` engine, every batch size: target-only,
+        SpecDecode and token_v3 with a fixed gamma, decoded at the temperature calibrated for acceptance ~0.8."""
+        if "t5" not in self.parts:
+            return
+        args, R, device = self.args, self.R, self.device
+        if not self.smoke and elapsed() + T5_EXPECTED_S > args.budget_s:
+            R["skipped"].append("specref/graph/t5 (T5 v1.1 small -> large)")
+            log(f"t5: skipped (about {T5_EXPECTED_S:.0f} s, {args.budget_s - elapsed():.0f} s of budget left)")
+            return
+        shapes = T5_SHAPES["smoke" if self.smoke else "full"]
+        t0 = time.perf_counter()
+        target = build_t5(shapes["target"], shapes["vocab"], device, self.dtype)
+        draft = build_t5(shapes["draft"], shapes["vocab"], device, self.dtype)
+        prompts = random_prompts(max(max(self.bs), args.requests), args.prompt_len, shapes["vocab"], args.seed)
+        calib = random_prompts(4, 16 if self.smoke else 128, shapes["vocab"], args.seed + 1)
+        agreement = agreement_by_temperature(draft, target, calib, device)
+        T = pick_temperature(agreement)
+        count = (lambda m: sum(p.numel() for p in m.parameters()))
+        R["t5"] = {"params": {"target": count(target), "draft": count(draft)}, "vocab": shapes["vocab"],
+                   "agreement": agreement, "temperature": T, "build_s": time.perf_counter() - t0}
+        log(f"t5: target {count(target) / 1e6:.1f}M, draft {count(draft) / 1e6:.1f}M parameters; 1 - TV by T "
+            + ", ".join(f"{t}: {v:.3f}" for t, v in agreement.items()) + f"; decoding at T = {T}")
+        for b in self.bs:
+            self.attempt(f"specref/graph/t5/target/b{b}",
+                         lambda b=b: run_specref(target, target, "target", "graph", prompts, b, T, args, device,
+                                                 False))
+            for m in ("specdecode", "token_v3"):
+                self.attempt(f"specref/graph/t5/{m}/b{b}",
+                             lambda b=b, m=m: run_specref(draft, target, m, "graph", prompts, b, T, args, device,
+                                                          False))
+        del target, draft
+
     def optional(self) -> list[tuple[str, float, Any]]:
         """The rest in priority order, with each one's expected seconds on one H200 (transformers compiles a 7B
         forward in about a minute, compile-graph takes minutes per decoder)."""
@@ -888,7 +986,7 @@ class RealisticRun:
 def run(args: argparse.Namespace) -> int:
     clock.restart()
     section = RealisticRun(args)
-    for step in (section.models_and_prompts, section.core, section.while_budget_lasts, section.finish):
+    for step in (section.models_and_prompts, section.core, section.while_budget_lasts, section.t5, section.finish):
         step()
     return 0
 

@@ -169,7 +169,7 @@ def _realistic(args: argparse.Namespace) -> int:
         setattr(ns, k, getattr(args, k))
     ns.repeats = 1 if args.repeats is None else args.repeats
     if args.no_hf:
-        ns.parts = "core,compile"
+        ns.parts = "core,compile,t5"
     return realistic.run(ns)
 
 

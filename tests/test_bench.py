@@ -191,6 +191,22 @@ def test_realistic_smoke_measures_every_part(realistic_run):
     assert "What the block-size policy chose" in md and "1b draft, block-size policy" in md
 
 
+def test_realistic_smoke_times_the_t5_pair(realistic_run):
+    """The T5 part decodes an encoder-decoder pair on the graph engine at every batch size, at the temperature
+    picked from its own agreement, and the report has its table."""
+    realistic, R, out = realistic_run
+    t5 = R["t5"]
+    assert t5["temperature"] == realistic.pick_temperature(t5["agreement"])
+    assert t5["params"]["target"] > t5["params"]["draft"] > 0
+    for b in (1, 2):
+        assert R["decode"][f"specref/graph/t5/target/b{b}"]["tokens"] == b * 8
+        for m in ("specdecode", "token_v3"):
+            row = R["decode"][f"specref/graph/t5/{m}/b{b}"]
+            assert row["tokens"] == b * 8 and 0 <= row["acceptance_rate"] <= 1
+    md = out.with_suffix(".md").read_text()
+    assert "T5 v1.1 shapes, random weights" in md and "| SpecCascade [token_v3] |" in md
+
+
 def test_realistic_ceiling_is_specref_cost_formula(realistic_run):
     """The ceiling comes from specref.cost (one formula, one place), fed with the run's measured b and c."""
     from specref.cost import walltime_factor
