@@ -424,8 +424,9 @@ def _as_float(x: Any) -> float:
         return math.nan
 
 
-def _max(x: Tensor) -> Tensor:
-    return x.max(dim=-1).values
+def _max(x: Tensor) -> Tensor:  # [..., V] -> [...]
+    # amax: the same value as max(...).values (NaN propagates alike) without computing the argmax
+    return x.amax(dim=-1)
 
 
 # ---- trivial targets -------------------------------------------------------------------------------
