@@ -347,3 +347,19 @@ def test_compile_warmup_report_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         compile_warmup.main(["--smoke", "--cache", str(full), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_realistic_targets_are_judged_against_their_spread():
+    """A target within the rows' run-to-run spread of its goal is neither met nor missed; one pass says so."""
+    from bench import realistic
+
+    assert realistic._target_verdict(realistic._target(1.12, 1.0, "", "", "x", 0.129)).startswith("within the 12.9%")
+    assert realistic._target_verdict(realistic._target(0.93, 1.0, "", "", "x", 0.034)) == \
+        "missed (beyond the 3.4% spread)"
+    assert realistic._target_verdict(realistic._target(1.13, 1.0, "", "", "x", 0.099)) == \
+        "**met** (beyond the 9.9% spread)"
+    assert realistic._target_verdict(realistic._target(0.041, 0.05, "", "")).endswith("(one pass: noise not judged)")
+    assert realistic._target_verdict(realistic._target(None, 1.0, "", "")) == "not measured"
+    rows = [{"tokens_per_s_each": [100.0, 110.0]}, {"tokens_per_s_each": [50.0]}, None]
+    assert realistic._spread(*rows) == pytest.approx(0.1)
+    assert realistic._spread({"tokens_per_s_each": [3.0]}) is None
