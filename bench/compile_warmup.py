@@ -34,6 +34,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from bench.output import strip_suffix, write_report  # noqa: E402
+from specref.options import positive_int  # noqa: E402
 
 #: the goal for a decoder whose shapes were compiled before
 GOAL_S = 30.0
@@ -153,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--engine", default=None, help="default: compile-graph on a GPU, compile on a CPU")
     ap.add_argument("--methods", default="target,specdecode")
     ap.add_argument("--draft", default="1b", choices=("1b", "0.5b"))
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--gamma", type=int, default=5)
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (smoke 8)")
-    ap.add_argument("--prompt-len", type=int, default=None, help="default 64 (smoke 8)")
+    ap.add_argument("--batch", type=positive_int, default=1)
+    ap.add_argument("--gamma", type=positive_int, default=5)
+    ap.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 128 (smoke 8)")
+    ap.add_argument("--prompt-len", type=positive_int, default=None, help="default 64 (smoke 8)")
     ap.add_argument("--temperature", type=float, default=3.0)
     ap.add_argument("--cache", default=None, metavar="DIR",
                     help="the cache folder to use and keep (empty or new; default: a temporary one, removed)")

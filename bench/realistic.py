@@ -827,6 +827,10 @@ class RealisticRun:
             if getattr(args, k, None) is None:
                 setattr(args, k, v)
         self.bs = bs = [int(b) for b in str(args.batch_sizes).split(",")]
+        self.compile_bs = [int(b) for b in str(args.compile_batch_sizes).split(",")]
+        if not set(self.compile_bs) <= set(bs):  # a compile-graph row is a ratio to graph at the same batch
+            raise ValueError(f"--compile-batch-sizes {args.compile_batch_sizes!r} must be among --batch-sizes "
+                             f"{','.join(map(str, bs))}")
         self.parts = set(args.parts.split(","))
         if not self.parts <= set(PARTS):
             raise ValueError(f"unknown part in --parts {args.parts!r}; allowed: {', '.join(PARTS)}")
@@ -973,7 +977,7 @@ class RealisticRun:
                           lambda d=d: run_transformers(target, models[d], prompts, 1, R["temperature"][d], args,
                                                        device, static=False)) for d in drafts]
         if "compile" in parts and (args.compile == "on" or (args.compile == "auto" and self.cuda)):
-            for b in [int(x) for x in str(args.compile_batch_sizes).split(",")]:
+            for b in self.compile_bs:
                 optional.append((f"specref/compile-graph/target/b{b}", 150,
                                  lambda b=b: run_specref(target, target, "target", "compile-graph", prompts, b, T_ref,
                                                          args, device, False)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,24 @@ def test_realistic_targets_are_judged_against_their_spread():
     rows = [{"tokens_per_s_each": [100.0, 110.0]}, {"tokens_per_s_each": [50.0]}, None]
     assert realistic._spread(*rows) == pytest.approx(0.1)
     assert realistic._spread({"tokens_per_s_each": [3.0]}) is None
+
+
+@pytest.mark.parametrize("script,args,match", [
+    ("compile_warmup.py", ["--smoke", "--cache", "{full}"], "is not empty; the first pass must start cold"),
+    ("compile_warmup.py", ["--smoke", "--batch", "0"], "must be an integer >= 1, got '0'"),
+    ("realistic.py", ["--smoke", "--batch-sizes", "1,2", "--compile-batch-sizes", "4"],
+     "--compile-batch-sizes '4' must be among --batch-sizes 1,2"),
+])
+def test_bench_scripts_refuse_bad_input_from_the_command_line(tmp_path, script, args, match):
+    """Through the command line: exit code 2, one line naming the value, no traceback, nothing written."""
+    full = tmp_path / "cache"
+    full.mkdir()
+    (full / "x").write_text("")
+    out = tmp_path / "out" / "r"
+    cmd = [sys.executable, str(REPO / "bench" / script), *[a.format(full=full) for a in args], "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), done.stderr
+    assert match in lines[-1] and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
