@@ -330,7 +330,8 @@ class Rule:
         p: Tensor,  # [B, G + 1, V] tempered
         features: Any = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """Verification of the drafted tokens only: ``(defer_d [B, G], accept_d [B, G], decision)``.
+        """Verification of the drafted tokens only: ``(defer_d [B, G], accept_d [B, G], decision)``; ``defer_d``
+        None means 1 at every drafted token.
 
         ``accept_d`` is bitwise ``verification(...)[0]`` at the drafted tokens; ``decision`` is a tuple of
         ``[B, G + 1, ...]`` tensors that :meth:`row_distributions` reads at one position per row.
@@ -438,9 +439,23 @@ class TargetRule(Rule):
     name = "target"
     takes_alpha = False
     pi_is_target = True
+    #: the fused methods below write the decision (defer everywhere) in: a subclass that changes it must
+    #: change them too
+    fused_reads_decide = False
 
     def decide_position(self, stats):
         return torch.ones(stats.shape, dtype=stats.dtype, device=stats.device)
+
+    # The fused path with the decision written in: pi = (1 - 1) q + 1 p is computed as p + 0 q, the same floats
+    # (NaN wherever q is not finite) in one op, and the deferral at the drafted tokens, 1 at each, is left
+    # implicit (None) so a round does not build and count it.
+    def drafted_acceptance(self, drafts, q_rule, p_rule, q, p, features=None):
+        _, q_d, p_d = _at_drafts(drafts, q, p)
+        return None, genspec.acceptance(q_d, torch.add(p_d, q_d, alpha=0.0)), ()
+
+    def row_distributions(self, decision, q, p, bonus):
+        pi = torch.add(p, q, alpha=0.0)
+        return genspec.residual(q, pi), pi if bonus == "pi" else p
 
 
 class SpecDecodeRule(TargetRule):

@@ -46,6 +46,18 @@ def test_fused_kinds():
 
     assert fused_kind(Odd()) is None
 
+    # SpecDecode's fused methods write its decision (defer everywhere) in: a subclass that decides otherwise,
+    # by decide_position or by decide, must go through verify_block, not get pi = p silently
+    class HalfDefer(rules.SpecDecodeRule):
+        def decide_position(self, stats):
+            return torch.full(stats.shape, 0.5, dtype=stats.dtype, device=stats.device)
+
+    class NeverDefer(rules.SpecDecodeRule):
+        def decide(self, q_rule, p_rule, q, p, features=None):
+            return torch.zeros(q.shape[:-1], dtype=q.dtype)
+
+    assert fused_kind(HalfDefer()) is None and fused_kind(NeverDefer()) is None
+
 
 def test_a_rule_with_its_own_mix_is_fused_only_with_its_own_fused_methods():
     """A custom mix without fused methods goes through verify_block; with them (defined as deep as the mix),

@@ -18,11 +18,6 @@ the whole block: equal up to the order of a float sum, i.e. identical tokens on 
 uniform falls within rounding of a CDF boundary). Supported: every rule whose fused methods are as deep as
 its ``mix`` / ``verification`` (see :func:`fused_kind`): SpecDecode, ensemble, Chow, Diff, OPT, Token V1-V3,
 learned and lossy SpecDecode; anything else returns None and the decoder uses ``verify_block``.
-
-One formula is written here: for SpecDecode (and any rule that keeps :class:`~specref.rules.TargetRule`'s
-decision and mixing) the mixture ``(1 - 1) q + 1 p`` is computed as ``p + 0 q``, the same floats (NaN
-wherever ``q`` is not finite) in one op, and the deferral at the drafted tokens, 1 everywhere, is left
-implicit (``defer_given=None``).
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from specref import genspec
 from specref import rules as rules_mod
 from specref.dists import sample_categorical
 from specref.verify import PAD
@@ -48,7 +42,8 @@ class FusedResult:
     accepted: Tensor  # [B]
     tokens: Tensor  # [B, gamma + 1]
     num_emitted: Tensor  # [B]
-    #: [B, gamma] deferral at the drafted tokens; None: 1 at each (pi = p), see :attr:`defer_drafted`
+    #: [B, gamma] deferral at the drafted tokens; None: 1 at each (the rule's drafted_acceptance said so), see
+    #: :attr:`defer_drafted`
     defer_given: Tensor | None
     accept_prob: Tensor  # [B, gamma]
     #: [B, gamma + 1] bool: positions 0..accepted (the pending token and the accepted drafts in a round's block;
@@ -72,28 +67,14 @@ def _owner(cls: type, name: str) -> type:
     return next(k for k in cls.__mro__ if name in vars(k))
 
 
-#: what a rule must inherit unchanged from Rule / TargetRule for pi = p to be computed directly
-_TARGET_METHODS = (*_REFERENCE_METHODS, *_FUSED_METHODS, "decide", "decide_position")
-_PI_IS_P: dict[type, bool] = {}
-
-
-def _pi_is_p(cls: type) -> bool:
-    """The rule class keeps TargetRule's decision (defer everywhere) and the default mixing: pi = p."""
-    known = _PI_IS_P.get(cls)
-    if known is None:
-        known = _PI_IS_P[cls] = issubclass(cls, rules_mod.TargetRule) and all(
-            _owner(cls, m) in (rules_mod.Rule, rules_mod.TargetRule) for m in _TARGET_METHODS
-        )
-    return known
-
-
 def fused_kind(rule: Any) -> str | None:
     """``"position"`` / ``"token"`` (default mix and verification), ``"lossy"``, or None (unsupported).
 
     A rule is supported when its fused methods (:meth:`~specref.rules.Rule.drafted_acceptance`,
     :meth:`~specref.rules.Rule.row_distributions`) are defined at least as deep in its class hierarchy as
-    the reference ones they stand in for (and as ``decide``, when the fused methods do not call it): a
-    subclass that changes ``mix`` without saying how to verify a drafted token goes through ``verify_block``.
+    the reference ones they stand in for (and as ``decide`` / ``decide_position`` when the fused methods do
+    not call them, as SpecDecode's, which write its decision in): a subclass that changes ``mix`` or the
+    decision without saying how to verify a drafted token goes through ``verify_block``.
     """
     if not isinstance(rule, rules_mod.Rule):
         return None
@@ -102,7 +83,8 @@ def fused_kind(rule: Any) -> str | None:
     if len(fused) != 1:
         return None
     (owner,) = fused
-    reference = _REFERENCE_METHODS if rule.fused_reads_decide else (*_REFERENCE_METHODS, "decide")
+    decision = () if rule.fused_reads_decide else ("decide", "decide_position")
+    reference = (*_REFERENCE_METHODS, *decision)
     if not all(issubclass(owner, _owner(cls, m)) for m in reference):
         return None
     if isinstance(rule, rules_mod.LossyRule):
@@ -133,13 +115,7 @@ def fused_verify(
     rows = torch.arange(b, device=q.device) if rows is None else rows[:b]
     cols = torch.arange(g + 1, device=q.device) if cols is None else cols[: g + 1]
     drafts = drafts.long()
-    pi_is_p = kind == "position" and _pi_is_p(type(rule))
-    if pi_is_p:  # TargetRule's pi = (1 - 1) q + 1 p, as p + 0 q (see the module docstring)
-        d_idx = drafts.unsqueeze(-1)
-        q_d, p_d = q[:, :g].gather(-1, d_idx).squeeze(-1), p[:, :g].gather(-1, d_idx).squeeze(-1)
-        defer_d, accept_d = None, genspec.acceptance(q_d, torch.add(p_d, q_d, alpha=0.0))
-    else:
-        defer_d, accept_d, decision = rule.drafted_acceptance(drafts, q_rule, p_rule, q, p, features)
+    defer_d, accept_d, decision = rule.drafted_acceptance(drafts, q_rule, p_rule, q, p, features)
     ok = u_accept.to(accept_d.dtype) < accept_d
     accepted = ok.cumprod(dim=-1).sum(dim=-1)  # [B] (cumprod of bool counts in int64)
     acc_col = accepted.unsqueeze(1)
@@ -147,11 +123,7 @@ def fused_verify(
 
     # The one position per row whose distribution is drawn from: first rejection, or gamma (bonus).
     q_s, p_s = q[rows, accepted], p[rows, accepted]
-    if pi_is_p:
-        pi_s = torch.add(p_s, q_s, alpha=0.0)
-        resid_s, bonus_s = genspec.residual(q_s, pi_s), pi_s if bonus == "pi" else p_s
-    else:
-        resid_s, bonus_s = rule.row_distributions(tuple(x[rows, accepted] for x in decision), q_s, p_s, bonus)
+    resid_s, bonus_s = rule.row_distributions(tuple(x[rows, accepted] for x in decision), q_s, p_s, bonus)
     final_dist = torch.where(kept[:, g:], bonus_s, resid_s)
     final_tok = sample_categorical(final_dist, u_sample[rows, accepted])
 
