@@ -16,6 +16,10 @@ Three independent computations, which the tests hold against each other:
 * :func:`token_cascade_distribution` is the token-level cascade ``prod_t pi_t``, which the theory says the
   block algorithm equals when the bonus token is drawn from pi.
 
+The first two take the decoder's in-round draft stop (``draft_confidence_threshold``): a round's drafting
+ends after a draft ``v`` with ``q(v)`` below the threshold (tempered, filtered ``q``), and the next position
+takes the bonus token. In the chain, drafting such a ``v`` leads to the bonus state instead of the next index.
+
 Every function memoises per prefix, so cost is polynomial in the number of reachable prefixes.
 """
 
@@ -25,7 +29,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from itertools import product
 
 import torch
 from torch import Tensor
@@ -106,9 +109,11 @@ def _support(x: Tensor) -> Iterator[tuple[int, float]]:
             yield v, pv
 
 
-def _check_args(gamma: int, n: int, bonus: str) -> None:
+def _check_args(gamma: int, n: int, bonus: str, stop: float | None = None) -> None:
     if int(gamma) != gamma or gamma < 1:
         raise ValueError(f"gamma must be an integer >= 1, got {gamma!r}")
+    if stop is not None and not 0.0 < stop < 1.0:
+        raise ValueError(f"draft_confidence_threshold must be in (0, 1) or None, got {stop!r}")
     if int(n) != n or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if bonus not in ("pi", "target"):
@@ -173,24 +178,32 @@ def token_cascade_distribution(
     return out
 
 
-def _round_outcomes(oracle: _Oracle, prefix: tuple[int, ...], gamma: int, bonus: str) -> Dist:
+def _draft_blocks(oracle: _Oracle, prefix: tuple[int, ...], gamma: int, stop: float | None) -> Iterator[
+        tuple[tuple[int, ...], float, list[_Position]]]:
+    """Every block the draft can produce from ``prefix``: (drafts, probability, the positions it visits). A
+    block has ``gamma`` drafts, or ends early after a draft ``d`` with ``q(d) < stop`` (the draft stop)."""
+
+    def rec(ctx: tuple[int, ...], drafts: tuple[int, ...], prob: float, positions: list[_Position]) -> Iterator[
+            tuple[tuple[int, ...], float, list[_Position]]]:
+        if len(drafts) == gamma:
+            yield drafts, prob, positions
+            return
+        pos = oracle(ctx)
+        for d, qd in _support(pos.q):
+            block = (drafts + (d,), prob * qd, [*positions, pos])
+            if stop is not None and qd < stop:
+                yield block
+            else:
+                yield from rec(ctx + (d,), *block)
+
+    yield from rec(prefix, (), 1.0, [])
+
+
+def _round_outcomes(oracle: _Oracle, prefix: tuple[int, ...], gamma: int, bonus: str,
+                    stop: float | None = None) -> Dist:
     """Literal enumeration of one round from ``prefix``: emitted-token tuple -> probability."""
     outcomes: Dist = defaultdict(float)
-    vocab = oracle(prefix).q.shape[-1]
-    for drafts in product(range(vocab), repeat=gamma):
-        # Probability of drafting this sequence, and the positions it visits.
-        prob_drafts = 1.0
-        positions = []
-        ctx = prefix
-        for d in drafts:
-            pos = oracle(ctx)
-            prob_drafts *= float(pos.q[d])
-            if prob_drafts == 0.0:
-                break
-            positions.append(pos)
-            ctx = ctx + (d,)
-        if prob_drafts == 0.0:
-            continue
+    for drafts, prob_drafts, positions in _draft_blocks(oracle, prefix, gamma, stop):
         # Verify left to right; stop at the first rejection.
         reach = prob_drafts
         for i, (d, pos) in enumerate(zip(drafts, positions)):
@@ -222,18 +235,20 @@ def block_distribution(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    draft_confidence_threshold: float | None = None,
 ) -> Dist:
     """Exact distribution of the first ``n`` tokens emitted by the block algorithm (literal enumeration).
 
     Cost grows like ``V ** gamma`` per reachable prefix: meant for ``V <= 4``, ``gamma <= 3``, ``n <= 4``.
     """
     sampling = _resolve(sampling, temperature, top_k, top_p)
-    _check_args(gamma, n, bonus)
+    stop = draft_confidence_threshold
+    _check_args(gamma, n, bonus, stop)
     oracle = _Oracle(draft_lm, target_lm, rule, sampling)
 
     @cache
     def rounds(prefix: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], float], ...]:
-        return tuple(_round_outcomes(oracle, prefix, gamma, bonus).items())
+        return tuple(_round_outcomes(oracle, prefix, gamma, bonus, stop).items())
 
     out: Dist = defaultdict(float)
 
@@ -249,8 +264,10 @@ def block_distribution(
     return dict(out)
 
 
-def _chain_steps(oracle: _Oracle, prefix: tuple[int, ...], k: int, gamma: int, bonus: str):
-    """Transitions out of state (prefix, k): yields (token, probability, next k)."""
+def _chain_steps(oracle: _Oracle, prefix: tuple[int, ...], k: int, gamma: int, bonus: str,
+                 stop: float | None = None):
+    """Transitions out of state (prefix, k): yields (token, probability, next k). State ``gamma`` is the bonus
+    position; an accepted draft the draft stop ends the round after (``q(v) < stop``) leads there too."""
     pos = oracle(prefix)
     if k == gamma:
         for v, bv in _support(pos.out.pi if bonus == "pi" else pos.p):
@@ -260,7 +277,7 @@ def _chain_steps(oracle: _Oracle, prefix: tuple[int, ...], k: int, gamma: int, b
     reject = max(0.0, 1.0 - float(kept.sum()))
     for v in range(kept.shape[-1]):
         if kept[v] > 0:
-            yield v, float(kept[v]), k + 1
+            yield v, float(kept[v]), gamma if stop is not None and float(pos.q[v]) < stop else k + 1
         if reject > 0 and pos.out.residual[v] > 0:
             yield v, reject * float(pos.out.residual[v]), 0
 
@@ -277,10 +294,12 @@ def chain_distribution(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    draft_confidence_threshold: float | None = None,
 ) -> Dist:
     """Closed-form distribution of the first ``n`` emitted tokens (see the module docstring)."""
     sampling = _resolve(sampling, temperature, top_k, top_p)
-    _check_args(gamma, n, bonus)
+    stop = draft_confidence_threshold
+    _check_args(gamma, n, bonus, stop)
     oracle = _Oracle(draft_lm, target_lm, rule, sampling)
     out: Dist = defaultdict(float)
 
@@ -288,7 +307,7 @@ def chain_distribution(
         if len(prefix) == n:
             out[prefix] += prob
             return
-        for v, pv, nk in _chain_steps(oracle, prefix, k, gamma, bonus):
+        for v, pv, nk in _chain_steps(oracle, prefix, k, gamma, bonus, stop):
             rec(prefix + (v,), nk, prob * pv)
 
     rec((), 0, 1.0)
@@ -307,10 +326,12 @@ def expected_target_calls(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    draft_confidence_threshold: float | None = None,
 ) -> float:
     """Expected number of rounds (one target call each) until at least ``n`` tokens are emitted."""
     sampling = _resolve(sampling, temperature, top_k, top_p)
-    _check_args(gamma, n, bonus)
+    stop = draft_confidence_threshold
+    _check_args(gamma, n, bonus, stop)
     oracle = _Oracle(draft_lm, target_lm, rule, sampling)
 
     @cache
@@ -318,7 +339,7 @@ def expected_target_calls(
         if remaining == 0:
             return 0.0
         total = 1.0 if k == 0 else 0.0
-        for v, pv, nk in _chain_steps(oracle, prefix, k, gamma, bonus):
+        for v, pv, nk in _chain_steps(oracle, prefix, k, gamma, bonus, stop):
             total += pv * calls(prefix + (v,), nk, remaining - 1)
         return total
 

@@ -115,8 +115,13 @@ def verify_block(
     uniforms: BlockUniforms | None = None,
     features: Any = None,
     validate: bool = True,
+    limit: Tensor | None = None,  # [B] long in 0..gamma: drafts each row offers (None: all gamma)
 ) -> VerifyResult:
     """Verify a block of drafts for every row at once.
+
+    ``limit`` ends each row's block after its first ``limit`` drafts (the decoder's draft stop): drafts after
+    them are never verified, and if all ``limit`` pass, position ``limit`` takes the bonus token, as in a block
+    of ``limit`` drafts (with ``bonus`` a tensor, that ``[B, V]`` distribution).
 
     ``bonus`` is ``"pi"`` (default, exact token-level cascade), ``"target"``, or, for tests of wrong
     variants, an explicit ``[B, V]`` distribution. Randomness comes from ``uniforms`` if given, else from
@@ -146,17 +151,21 @@ def verify_block(
 
     ok = u_accept.to(accept_prob.dtype) < accept_prob
     accepted = ok.long().cumprod(dim=-1).sum(dim=-1)  # [B]
+    if limit is not None:
+        if validate and (limit.shape != (b,) or int(limit.min()) < 0 or int(limit.max()) > g):
+            raise ValueError(f"limit must be [{b}] in 0..{g}, got shape {tuple(limit.shape)}")
+        accepted = torch.minimum(accepted, limit)
 
     if isinstance(bonus, Tensor):
         bonus_dist = bonus
-    elif bonus == "pi":
-        bonus_dist = out.pi[:, g]
     else:
-        bonus_dist = p[:, g]
-    # Residual at the first rejected position, or the bonus distribution if all drafts passed.
+        source = out.pi if bonus == "pi" else p
+        # position g, or each row's limit: the position after its last offered draft
+        bonus_dist = source[:, g] if limit is None else source.gather(1, limit.view(b, 1, 1).expand(b, 1, v)).squeeze(1)
+    # Residual at the first rejected position, or the bonus distribution if all (offered) drafts passed.
     idx = accepted.clamp(max=g - 1).view(b, 1, 1).expand(b, 1, v)
     resid = out.residual.gather(1, idx).squeeze(1)
-    final_dist = torch.where((accepted < g).unsqueeze(-1), resid, bonus_dist)
+    final_dist = torch.where((accepted < (g if limit is None else limit)).unsqueeze(-1), resid, bonus_dist)
     final_u = u_sample.gather(1, accepted.unsqueeze(1)).squeeze(1)
     final_tok = sample_categorical(final_dist, final_u)
 

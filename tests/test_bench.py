@@ -298,6 +298,13 @@ def test_assisted_cpu_smoke_times_every_configuration_on_the_same_prompts(tmp_pa
         assert sum(S[key]["gamma_share"].values()) == pytest.approx(1.0)
     assert all(0 <= int(g) <= gamma for g in S[assisted_cpu.POLICY]["gamma_share"])
     assert isinstance(R["summary"]["target"]["met"], bool)
+    # the confidence stop (transformers' threshold, blocks of at most 20), alone and under the policy
+    assert R["args"]["stop_threshold"] == 0.4 and R["args"]["stop_gamma"] == 20
+    for key, name in ((assisted_cpu.STOP, "stop_vs"), (assisted_cpu.STOP_POLICY, "stop_policy_vs")):
+        assert 0 <= S[key]["acceptance"] <= 1 and 0 <= S[key]["stop_share"] <= 1, key
+        assert all(0 <= int(g) <= 20 for g in S[key]["gamma_share"]), key  # the policy may take g = 0
+        assert isinstance(R["summary"][name]["met"], bool) and R["summary"][name]["hf/assisted/default"]
+    assert "confidence stop 0.4, gamma max 20 / assisted generation" in out.with_suffix(".md").read_text()
     # the report is what its JSON renders to
     copy = tmp_path / "copy.json"
     copy.write_text(out.with_suffix(".json").read_text())

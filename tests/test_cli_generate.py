@@ -97,6 +97,20 @@ def test_adaptive_gamma_policy_is_reported_and_refused_where_it_cannot_apply(cap
     assert static["tokens"] == out["tokens"] and static["stats"]["gamma_rounds"] == rounds
 
 
+def test_draft_confidence_threshold_is_reported_and_refused_where_it_cannot_apply(capsys):
+    args = ["--pair", "arith-llama", "--prompt", "Ann has 3 apples.", "--max-new-tokens", "16", "--gamma", "20"]
+    out, _ = run_json(capsys, *args, "--draft-confidence-threshold", "0.4")
+    stats = out["stats"]
+    assert stats["draft_confidence_threshold"] == 0.4 and stats["gamma"] == 20
+    assert sum(stats["gamma_rounds"].values()) == stats["rounds"] and 0 < stats["mean_drafts"] <= 20
+    assert 0 <= stats["stop_share"] <= 1 and "confidence_stops" in stats
+    static, _ = run_json(capsys, *args, "--draft-confidence-threshold", "0.4", "--engine", "static")
+    assert static["tokens"] == out["tokens"] and static["stats"]["gamma_rounds"] == stats["gamma_rounds"]
+    assert "draft_confidence_threshold" not in run_json(capsys, *args)[0]["stats"]
+    line = run_error(capsys, *args, "--rule", "target", "--draft-confidence-threshold", "0.4")
+    assert "--draft-confidence-threshold only applies to the speculative rules, not to 'target'" in line
+
+
 def test_cost_ratio_and_its_hidden_alias(capsys):
     args = ["--pair", "arith-llama", "--prompt", "Ann has 3 apples.", "--max-new-tokens", "4"]
     default, _ = run_json(capsys, *args)
@@ -260,6 +274,11 @@ def test_generate_errors(saved, capsys, argv, match):
 
 @pytest.mark.parametrize("argv,match", [
     (["--gamma", "0"], "--gamma: must be an integer >= 1, got '0'"),
+    (["--draft-confidence-threshold", "0"], "--draft-confidence-threshold: must be in (0, 1), got '0'"),
+    (["--draft-confidence-threshold", "1"], "--draft-confidence-threshold: must be in (0, 1), got '1'"),
+    (["--draft-confidence-threshold", "-0.5"], "--draft-confidence-threshold: must be in (0, 1), got '-0.5'"),
+    (["--draft-confidence-threshold", "nan"], "--draft-confidence-threshold: expected a finite number"),
+    (["--draft-confidence-threshold", "high"], "--draft-confidence-threshold: expected a number, got 'high'"),
     (["--max-new-tokens", "-1"], "--max-new-tokens: must be an integer >= 1"),
     (["--temperature", "nan"], "--temperature: expected a finite number"),
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),

@@ -31,6 +31,36 @@ def test_fused_verify_matches_verify_block(block, name_rule, bonus):
     assert torch.equal(out.defer_drafted.to(ref.defer_drafted.dtype), ref.defer_drafted)
 
 
+@settings(max_examples=150)
+@given(verify_blocks(max_vocab=5), rule_builds(), st.sampled_from(["pi", "target"]), st.data())
+def test_a_rows_limit_is_a_round_of_that_many_drafts(block, name_rule, bonus, data):
+    """The draft stop's per-row ``limit``: a row that offers k of the block's g drafts is verified as a block of k
+    drafts (same uniforms: its bonus draw at position k), by both verifiers; ``limit = g`` changes nothing."""
+    drafts, q, p, q_rule, p_rule, u = block
+    _, rule = name_rule
+    b, g = drafts.shape
+    limit = torch.tensor(data.draw(st.lists(st.integers(1, g), min_size=b, max_size=b)))
+    uni = BlockUniforms(u.accept, u.sample)
+    kw = {"q_rule": q_rule, "p_rule": p_rule, "bonus": bonus, "validate": False}
+    ref = verify_block(drafts, q, p, rule, uniforms=uni, limit=limit, **kw)
+    for row in range(b):
+        k = int(limit[row])
+        one = verify_block(drafts[row : row + 1, :k], q[row : row + 1, : k + 1], p[row : row + 1, : k + 1], rule,
+                           q_rule=q_rule[row : row + 1, : k + 1], p_rule=p_rule[row : row + 1, : k + 1],
+                           bonus=bonus, uniforms=BlockUniforms(u.accept[row : row + 1, :k],
+                                                               u.sample[row : row + 1, : k + 1]), validate=False)
+        assert int(ref.accepted[row]) == int(one.accepted[0]) <= k
+        assert ref.tokens[row, : k + 1].tolist() == one.tokens[0].tolist()
+        assert (ref.tokens[row, k + 1 :] == -1).all()
+    full = verify_block(drafts, q, p, rule, uniforms=uni, limit=torch.full((b,), g), **kw)
+    plain = verify_block(drafts, q, p, rule, uniforms=uni, **kw)
+    assert torch.equal(full.tokens, plain.tokens) and torch.equal(full.accepted, plain.accepted)
+    if fused_kind(rule) is not None:
+        out = fused_verify(drafts, q, p, rule, q_rule, p_rule, bonus, u.accept, u.sample, limit=limit)
+        assert torch.equal(out.accepted, ref.accepted) and torch.equal(out.tokens, ref.tokens)
+        assert torch.equal(out.kept, torch.arange(g + 1) <= ref.accepted.unsqueeze(1))
+
+
 def test_fused_kinds():
     assert fused_kind(rules.get("specdecode")) == "position"
     assert fused_kind(rules.get("chow", alpha=0.1)) == "position"

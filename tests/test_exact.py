@@ -132,8 +132,9 @@ def test_exact_laws_at_temperature_zero_hand_case():
 # ---- an independent literal enumeration of rounds, and the expected number of target calls ----------------
 
 
-def _round_law(draft, target, rule, gamma, sampling, prefix):
-    """One round from ``prefix``: enumerate drafts, then each accept / reject pattern, residual and bonus."""
+def _round_law(draft, target, rule, gamma, sampling, prefix, stop=None):
+    """One round from ``prefix``: enumerate drafts, then each accept / reject pattern, residual and bonus.
+    ``stop``: the draft stop, which ends the drafts after one whose probability under q is below it."""
     law = defaultdict(float)
 
     @cache
@@ -144,21 +145,25 @@ def _round_law(draft, target, rule, gamma, sampling, prefix):
 
     vocab = draft(prefix).shape[-1]
     for drafts in product(range(vocab), repeat=gamma):
-        outs, prob = [], 1.0
+        outs, prob, g = [], 1.0, gamma
         for j in range(gamma):
             q, out = at(prefix + drafts[:j])
             prob *= float(q[drafts[j]])
             outs.append(out)
-        if prob == 0:
-            continue
-        for pattern in product((True, False), repeat=gamma):  # accept coin of each draft
-            k = pattern.index(False) if False in pattern else gamma
+            if stop is not None and float(q[drafts[j]]) < stop:
+                g = j + 1
+                break
+        if prob == 0 or any(drafts[g:]):
+            continue  # a block the stop cut short never draws its later drafts: count it once (zeros after it)
+        drafts = drafts[:g]
+        for pattern in product((True, False), repeat=g):  # accept coin of each draft
+            k = pattern.index(False) if False in pattern else g
             if any(pattern[k + 1 :]):
                 continue  # coins after the first rejection are never flipped: count each path once
             pr = prob
             for j in range(k):
                 pr *= float(outs[j].accept[drafts[j]])
-            if k < gamma:
+            if k < g:
                 pr *= 1 - float(outs[k].accept[drafts[k]])
                 final = outs[k].residual
             else:
@@ -169,10 +174,10 @@ def _round_law(draft, target, rule, gamma, sampling, prefix):
     return law
 
 
-def _brute_force(draft, target, rule, gamma, n, sampling):
+def _brute_force(draft, target, rule, gamma, n, sampling, stop=None):
     """(law of the first n tokens, expected target calls to emit >= n tokens) by recursion over rounds."""
     law = defaultdict(float)
-    round_law = cache(lambda prefix: _round_law(draft, target, rule, gamma, sampling, prefix))
+    round_law = cache(lambda prefix: _round_law(draft, target, rule, gamma, sampling, prefix, stop))
 
     def calls(prefix, emitted, prob):
         need = n - len(emitted)
@@ -209,6 +214,49 @@ def test_expected_target_calls_by_brute_force(name, gamma, n, sampling):
     torch.testing.assert_close(first, lengths, atol=TOL, rtol=0)
     expected_len = float((lengths * torch.arange(1, gamma + 2, dtype=DTYPE)).sum())
     assert expected_round_tokens(draft, target, rule, gamma, sampling=sampling) == pytest.approx(expected_len, abs=TOL)
+
+
+# ---- the in-round draft stop (the decoders' draft_confidence_threshold) -------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+@settings(max_examples=6)
+@given(toy_pairs(), st.sampled_from([0.2, 0.4, 0.6]))
+def test_the_draft_stop_keeps_the_token_level_cascade(name, config, stop):
+    """Ending a round's drafts after a doubted one decides position i + 1 from its prefix: with the bonus from
+    pi the law is still prod_t pi_t (literal enumeration = chain = token cascade); with the bonus from p, the
+    literal enumeration equals the chain that treats a stopped position as the bonus position."""
+    draft, target, gamma, n, sampling, alpha = config
+    rule = make_rule(name, alpha)
+    kw = {"sampling": sampling, "draft_confidence_threshold": stop}
+    block = block_distribution(draft, target, rule, gamma, n, **kw)
+    _assert_same(block, token_cascade_distribution(draft, target, rule, n, sampling))
+    _assert_same(block, chain_distribution(draft, target, rule, gamma, n, **kw))
+    block_t = block_distribution(draft, target, rule, gamma, n, bonus="target", **kw)
+    _assert_same(block_t, chain_distribution(draft, target, rule, gamma, n, bonus="target", **kw))
+
+
+@pytest.mark.parametrize("name, stop", [("token_v3", 0.4), ("opt", 0.5), ("specdecode", 0.6), ("lossy", 0.3)])
+def test_the_draft_stop_by_brute_force(name, stop):
+    """An independent round-by-round enumeration with the stop: the law, the expected target calls (the stop
+    ends rounds early, so there are more of them), and bonus='target' changing the law where pi != p."""
+    draft, target = _fixed_pair(seed=11)
+    rule, gamma, n = make_rule(name, 0.3), 3, 3
+    law, calls = _brute_force(draft, target, rule, gamma, n, Sampling(), stop)
+    _assert_same(law, block_distribution(draft, target, rule, gamma, n, draft_confidence_threshold=stop))
+    got = expected_target_calls(draft, target, rule, gamma, n, draft_confidence_threshold=stop)
+    assert got == pytest.approx(calls, abs=1e-12)
+    assert got > expected_target_calls(draft, target, rule, gamma, n) + 1e-3  # the stop did end rounds
+    with_target = block_distribution(draft, target, rule, gamma, n, bonus="target", draft_confidence_threshold=stop)
+    without_stop = block_distribution(draft, target, rule, gamma, n, bonus="target")
+    assert (total_variation(with_target, without_stop) > 1e-3) == (name != "specdecode")
+
+
+def test_the_draft_stop_threshold_is_checked():
+    draft, target = _fixed_pair()
+    for bad in (0.0, 1.0, -0.2, math.nan):
+        with pytest.raises(ValueError, match="draft_confidence_threshold must be in"):
+            chain_distribution(draft, target, rules.get("specdecode"), 2, 2, draft_confidence_threshold=bad)
 
 
 @pytest.mark.parametrize("name", ["specdecode", "token_v3", "opt", "lossy", "ensemble", "chow"])

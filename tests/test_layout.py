@@ -21,6 +21,8 @@ CROSS_CUTTING = {
     "test_heads_features_fast.py": "the learned rule's fast feature path (dists, position_summary, heads, rules) "
                                    "against the plain implementations it replaced",
     "test_decode_conventions.py": "generate's user-facing conventions across decoder, generation and rules",
+    "test_decode_draft_stop.py": "the in-round draft stop across decoder, rounds, verify, fused, generation and "
+                                 "exact: its law, engines, host reads and statistics",
     "test_decode_errors.py": "the decoders' refusals of bad models, prompts and arguments, end to end",
     "test_decode_exact.py": "every decoding method's samples against specref.exact's laws",
     "test_decode_fast.py": "the fast engine against the plain one (kvcache, rounds, fused together)",

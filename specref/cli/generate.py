@@ -36,6 +36,7 @@ from specref.options import (
     add_plugins,
     add_tp_size,
     finite_float,
+    fraction,
     nonneg_float,
     nonneg_int,
     positive_int,
@@ -74,6 +75,11 @@ def register(subparsers: Any) -> None:
                    help="fixed: every round drafts --gamma; adaptive: each round drafts 1..--gamma (0, a plain target "
                         "step, for specdecode), chosen from the running acceptance and --cost-ratio (every engine; "
                         "the static ones capture or compile one shape per block size used; same law) (default: fixed)")
+    p.add_argument("--draft-confidence-threshold", type=fraction, default=None, metavar="P",
+                   help="a row stops drafting within a round after a token its draft sampled with probability "
+                        "below P, in (0, 1) (transformers' assistant_confidence_threshold, 0.4 there); --gamma (or "
+                        "the policy's choice) is then each round's maximum, so a larger one pays, e.g. 20; same law; "
+                        "costs one host read per draft step (default: off)")
     pr = p.add_argument_group("prompts")
     pr.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch (default: none)")
     pr.add_argument("--prompt-file", help="file with one prompt per line, added to --prompt (default: none)")
@@ -139,6 +145,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not speculative:
             raise ValueError(f"--gamma-policy only applies to the speculative rules, not to {args.rule!r}")
         opts["gamma_policy"] = args.gamma_policy
+    if args.draft_confidence_threshold is not None:
+        if not speculative:
+            raise ValueError(f"--draft-confidence-threshold only applies to the speculative rules, not to "
+                             f"{args.rule!r}")
+        opts["draft_confidence_threshold"] = args.draft_confidence_threshold
     if speculative and args.bonus != "pi":
         opts["bonus"] = args.bonus
     elif args.bonus != "pi":

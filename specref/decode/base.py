@@ -86,8 +86,10 @@ class CallContext:
         self.counters = Counters(self.batch, getattr(dec, "gamma", 0) or 0, self.device)
         self.draft_forwards = self.target_forwards = self.prefill_forwards = 0
         self.rounds = 0
-        #: rounds per block size, when a block-size policy picks them (empty otherwise)
+        #: rounds per block size, when a block-size policy or the draft stop sets them (empty otherwise)
         self.gamma_rounds: dict[int, int] = {}
+        #: the speculative decoder's in-round draft stop for this call (None: off; set by ``generate``)
+        self.draft_stop: float | None = None
         self.extra: dict[str, Tensor] = {}
         self.prompt_len = mask.sum(dim=1)
         #: optional :class:`~specref.decode.profile.RoundProfiler`
@@ -286,6 +288,11 @@ class BaseDecoder:
         """The method's parameters as printed by ``stats.summary()`` (alpha first)."""
         return {"alpha": getattr(self, "alpha", None)}
 
+    def _call_draft_stop(self, given: float | None) -> float | None:
+        """The in-round draft stop of one call from a GenerationConfig's ``assistant_confidence_threshold``
+        (``given``; None: not given): only the speculative decoder drafts in rounds, so this one has none."""
+        return None
+
     def default_eos_ids(self) -> list[int]:
         """EOS ids used when ``generate`` gets none: the target's generation config and the tokenizers'
         (ids outside the shared vocabulary can never be sampled and are left out)."""
@@ -382,6 +389,7 @@ class BaseDecoder:
         ctx = CallContext(
             self, ids, mask, max_new, gen.temperature, gen.top_k, gen.top_p, seeds, eos, on_round, self._block()
         )
+        ctx.draft_stop = self._call_draft_stop(gen.draft_stop)
         if profiler is not None:
             profiler.bind(self.device)
             ctx.profiler = profiler
@@ -398,13 +406,16 @@ class BaseDecoder:
             "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p, "max_new_tokens": max_new,
             "eos_token_ids": eos.tolist(),
         }
+        params = self._stat_params()
+        if ctx.draft_stop is not None:
+            params["draft_confidence_threshold"] = ctx.draft_stop
         stats = DecodeStats.from_counters(
             self.method,
             self.gamma,
             self.c,
             ctx.counters,
             c_source=self.c_source,
-            params=self._stat_params(),
+            params=params,
             settings=settings,
             draft_forwards=ctx.draft_forwards,
             target_forwards=ctx.target_forwards,

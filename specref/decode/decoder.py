@@ -14,7 +14,9 @@ A round, for every row at once (THEORY.md section 7):
 
 1. the draft runs ``gamma + 1`` one-token steps on its KV cache, feeding the row's pending token and then its
    own drafts, keeping ``q`` at each step; step ``gamma`` gives ``q`` at the bonus position (needed by
-   ``bonus="pi"``) and the KV entry of the last draft (needed next round whenever all drafts pass);
+   ``bonus="pi"``) and the KV entry of the last draft (needed next round whenever all drafts pass); with
+   ``draft_confidence_threshold``, a row stops drafting after a token its draft doubts, and the drafting
+   ends (one step after) once every row has stopped;
 2. the target scores the ``gamma + 1`` positions in ONE forward;
 3. the rule reads the untempered pair and mixes the tempered pair; :func:`specref.verify.verify_block`
    accepts a prefix of the drafts and draws the residual / bonus token, with uniforms keyed by (row seed,
@@ -22,7 +24,8 @@ A round, for every row at once (THEORY.md section 7):
 4. rows emit 1..gamma+1 tokens (cut at EOS and max_new_tokens); rejected drafts become masked holes in both
    caches (see :mod:`specref.decode.kvcache`);
 5. ONE host sync reads a small tensor (non-finite logits flag, rows still running, cache summaries); finished
-   rows leave the batch and caches are tidied.
+   rows leave the batch and caches are tidied. (The draft stop adds one read per draft step in step 1: has
+   every row stopped?)
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ from specref.decode.base import (
 )
 from specref.decode.fused import FusedResult, fused_kind, fused_verify
 from specref.decode.gamma_policy import AdaptiveGamma
-from specref.decode.generation import check_int
-from specref.decode.rounds import round_plan
+from specref.decode.generation import check_confidence_threshold, check_int
+from specref.decode.rounds import DraftStop, round_plan
 from specref.decode.stats import RoundRecord, entropy
 from specref.defaults import DEFAULT_GAMMA, METHODS, RULE_METHODS
 from specref.dists import sample_categorical, tv
@@ -83,10 +86,23 @@ class SpecCascadeDecoder(BaseDecoder):
     Args:
         draft, target: Hugging Face models sharing a vocabulary (causal LMs or seq2seq, not mixed).
         rule: a :class:`specref.rules.Rule` or a rule name (then ``alpha`` and ``rule_options`` build it).
-        gamma: drafts per round (>= 1).
+        gamma: drafts per round (>= 1); with a block-size policy or the draft stop, the most a round drafts.
         bonus: ``"pi"`` (default; the output is exactly the token-level cascade prod_t pi_t) or
             ``"target"`` (bonus token from p, the usual SpecDecode practice).
         alpha, rule_options: for a rule given by name.
+        gamma_policy: None (every round drafts ``gamma``), ``"adaptive"`` or an
+            :class:`~specref.decode.gamma_policy.AdaptiveGamma`: each round's block size, chosen before it.
+        draft_confidence_threshold: None (off, the default) or a number in (0, 1): the in-round draft stop of
+            transformers' assisted generation (``assistant_confidence_threshold``, a fixed threshold here).
+            After the draft samples ``x_i`` with probability ``q_i(x_i)`` (under the distribution it sampled
+            from: tempered and filtered) below the threshold, the row drafts nothing more this round; its
+            position ``i + 1`` takes the bonus token (from ``pi``, or ``p`` with ``bonus="target"``), as in a
+            round of ``i`` drafts. ``gamma`` (or the policy's choice) is then each round's maximum, so a larger
+            one pays (e.g. 20). The law is unchanged: the decision not to draft position ``i + 1`` is a
+            function of its prefix (see :class:`~specref.decode.rounds.DraftStop`). Its price: one host read
+            per draft step (has every row stopped?), where the round otherwise syncs once. A
+            ``GenerationConfig``'s ``assistant_confidence_threshold`` given to ``generate`` overrides it for
+            that call (0: off).
         tokenizer, draft_tokenizer, vocab_size, c, allow_untested: see :class:`BaseDecoder`.
     """
 
@@ -104,9 +120,14 @@ class SpecCascadeDecoder(BaseDecoder):
         alpha: float | None = None,
         rule_options: dict[str, Any] | None = None,
         gamma_policy: AdaptiveGamma | str | None = None,
+        draft_confidence_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.gamma = check_int("gamma", gamma, 1)
+        #: the in-round draft stop (None: off)
+        self.draft_confidence_threshold = (None if draft_confidence_threshold is None else
+                                           check_confidence_threshold("draft_confidence_threshold",
+                                                                      draft_confidence_threshold))
         if gamma_policy == "adaptive":
             gamma_policy = AdaptiveGamma()
         if gamma_policy is not None and not isinstance(gamma_policy, AdaptiveGamma):
@@ -138,7 +159,15 @@ class SpecCascadeDecoder(BaseDecoder):
         self._zero_ok = gamma_policy is not None and self.rule.pi_is_target
 
     def __repr__(self) -> str:
-        return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r})"
+        stop = self.draft_confidence_threshold
+        more = "" if stop is None else f", draft_confidence_threshold={stop!r}"
+        return f"SpecCascadeDecoder(rule={self.rule!r}, gamma={self.gamma}, bonus={self.bonus!r}{more})"
+
+    def _call_draft_stop(self, given: float | None) -> float | None:
+        """The decoder's draft stop, unless the call's GenerationConfig gave one (0: off for the call)."""
+        if given is None:
+            return self.draft_confidence_threshold
+        return given or None
 
     @property
     def alpha(self) -> float | None:
@@ -193,6 +222,8 @@ class SpecCascadeDecoder(BaseDecoder):
         counters = plan.counters
         fused = self._fused_kind if (plan.fused and ctx.on_round is None) else None
         hidden = self.wants_hidden
+        # rounds per block size: the policy's, or with the draft stop the width each round drafted
+        per_width = policy is not None or ctx.draft_stop is not None
         while True:
             if prof is not None:
                 prof.round_begin()
@@ -205,7 +236,6 @@ class SpecCascadeDecoder(BaseDecoder):
                 if g == 0 and max_lag is not None and since_draft >= max_lag:
                     raise ValueError(f"{type(policy).__name__}.choose returned 0 after {since_draft} rounds without "
                                      f"drafts; on engine {self.engine!r} at most probe_every = {max_lag} in a row")
-                ctx.gamma_rounds[g] = ctx.gamma_rounds.get(g, 0) + 1
                 since_draft = since_draft + 1 if g == 0 else 0
             if g == 0:  # a plain target step: pi = p at the pending position, drawn as a bonus would be
                 finished, bad, tok, gen = self._target_step(target, ctx, plan, keys, row_ids, gen, pend, pos)
@@ -214,12 +244,15 @@ class SpecCascadeDecoder(BaseDecoder):
                 lag = torch.cat([lag, pend.unsqueeze(1)], dim=1)
                 pend, pos = tok, pos + 1
                 verified: tuple[Tensor, ...] = ()  # nothing drafted: the acceptance estimate stays
+                width = 0
             else:
-                finished, bad, verified, pend, pos, gen = self._spec_round(
+                finished, bad, verified, pend, pos, gen, width = self._spec_round(
                     ctx, plan, draft, target, row_ids, keys, gen, pend, pos, lag, g, ar_max[: g + 1], counters,
                     fused, hidden, track=policy is not None, rows=ar_rows,
                 )
                 lag = lag[:, :0]
+            if per_width:
+                ctx.gamma_rounds[width] = ctx.gamma_rounds.get(width, 0) + 1
             # the round's single host sync
             step = end_round(
                 finished, bad, (draft, target), (row_ids, keys, gen, pend, pos, lag, *counters.live),
@@ -254,16 +287,21 @@ class SpecCascadeDecoder(BaseDecoder):
         hidden: bool,
         track: bool,
         rows: Tensor | None = None,  # [>= B] 0, 1, 2, ...
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor]:
-        """One speculative round of ``g`` drafts. Returns ``(finished, bad, verified, pend, pos, gen)``:
-        the finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a block-size policy
-        (``track``; else empty), and the next round's pending token, its position and the rows' new lengths."""
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor, int]:
+        """One speculative round of at most ``g`` drafts. Returns ``(finished, bad, verified, pend, pos, gen,
+        width)``: the finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a block-size
+        policy (``track``; else empty), the next round's pending token, its position, the rows' new lengths, and
+        the drafts of the round's widest row (``g`` unless the draft stop ended every row's drafting earlier)."""
         # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
         u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
-        block, q, q_rule, d_hidden, bad = self._draft_block(
+        block, q, q_rule, d_hidden, bad, limit = self._draft_block(
             draft, ctx, pend, pos, u_draft, check=plan.check_each_forward, g=g, lag=lag, with_pending=True,
-            ar_g1=ar_g1,
+            ar_g1=ar_g1, stop=ctx.draft_stop,
         )
+        planned = g
+        if block.shape[1] <= g:  # the draft stop ended every row's drafting early: a round of the drafted width
+            g = block.shape[1] - 1
+            u_acc, u_smp, ar_g1 = u_acc[:, :g], u_smp[:, : g + 1], ar_g1[: g + 1]
         drafts = block[:, 1:]
         # 2. one target call on the pending token and the drafts
         fo_t = target.forward(block, pos.unsqueeze(1) + ar_g1, hidden=hidden)
@@ -280,11 +318,11 @@ class SpecCascadeDecoder(BaseDecoder):
         res: Any = None
         if fused is not None:
             res = fused_verify(drafts, q, p, self.rule, q_rule, p_rule, self.bonus, u_acc, u_smp, features, fused,
-                               rows=rows, cols=ar_g1)
+                               rows=rows, cols=ar_g1, limit=limit)
         if res is None:
             res = verify_block(
                 drafts, q, p, self.rule, q_rule=q_rule, p_rule=p_rule, bonus=self.bonus,
-                uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False,
+                uniforms=BlockUniforms(accept=u_acc, sample=u_smp), features=features, validate=False, limit=limit,
             )
         acc = res.accepted
         # 4. roll back both caches: keep the pending token and the accepted drafts
@@ -297,13 +335,19 @@ class SpecCascadeDecoder(BaseDecoder):
         draft.keep_last(g + 1, keep)
         target.keep_last(g + 1, keep)
         finished, gen_next = ctx.emit_lean(row_ids, gen, res.tokens, res.num_emitted)
-        counters.add(row_ids, acc, defer_drafted, g)
+        if limit is None:
+            counters.add(row_ids, acc, defer_drafted, g)
+        else:
+            counters.add(row_ids, acc, defer_drafted, g, limit, planned)
         if ctx.on_round is not None:
-            ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, gen_next - gen, q, p, q_rule, p_rule))
+            ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, gen_next - gen, q, p, q_rule, p_rule, limit))
         ctx.rounds += 1
-        verified = (acc.sum(), torch.clamp(acc + 1, max=g).sum()) if track else ()
+        verified: tuple[Tensor, ...] = ()
+        if track:  # a row verifies its drafts up to the first rejection, and none after its limit
+            verified = (acc.sum(), (torch.clamp(acc + 1, max=g) if limit is None else
+                                    torch.minimum(acc + 1, limit)).sum())
         # next round: the residual / bonus draw is pending, after the accepted drafts
-        return finished, bad, verified, pend_next, pos + res.num_emitted, gen_next
+        return finished, bad, verified, pend_next, pos + res.num_emitted, gen_next, g
 
     def _target_step(
         self,
@@ -340,15 +384,23 @@ class SpecCascadeDecoder(BaseDecoder):
         lag: Tensor | None = None,  # [B, L] tokens before ``pend`` the draft has not read (L may be 0)
         with_pending: bool = False,
         ar_g1: Tensor | None = None,  # [g + 1] 0..g, if the caller has it
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        stop: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Draft ``g`` (default gamma) tokens with ``g + 1`` forwards (the last one gives q at the bonus
         position); the first forward also reads ``lag``, the tokens emitted by plain target steps.
 
         Returns ``drafts`` ``[B, gamma]`` (``with_pending``: the block ``[B, gamma + 1]`` of ``pend`` and the
         drafts), tempered ``q`` and untempered ``q_rule`` ``[B, gamma + 1, V]`` (the same tensor when sampling
         does not change the distribution), the draft's last hidden states ``[B, gamma + 1, H]`` when the rule
-        reads them, and, with ``check``, a 0-dim bool "some logits were non-finite" (the reference loop checks
-        every forward; the fast loop checks once per round).
+        reads them, with ``check`` a 0-dim bool "some logits were non-finite" (the reference loop checks every
+        forward; the fast loop checks once per round), and the rows' ``limit`` (below; None without ``stop``).
+
+        ``stop`` (the draft stop, :class:`~specref.decode.rounds.DraftStop`): a row stops drafting after a token
+        whose probability under the ``q`` it was sampled from is below ``stop``; ``limit`` ``[B]`` counts each
+        row's drafts up to and including that token (``g`` if none). Every other row keeps drafting; once none
+        does, the draft makes one more step (``q`` at the rows' bonus positions, and the last draft's KV entry)
+        and the block ends: ``gamma`` in the shapes above is then the widest row's drafts. Knowing that every
+        row has stopped takes one host read per draft step (the last one excepted).
         """
         g = self.gamma if g is None else g
         tok = pend.unsqueeze(1)
@@ -363,7 +415,9 @@ class SpecCascadeDecoder(BaseDecoder):
         step_pos = ar.unsqueeze(1) + pos if g else None
         q_list, qr_list, d_list, dh_list = [], [], [], []
         bad = None
-        for i in range(g + 1):
+        stopper = None if stop is None else DraftStop(stop, pend.shape[0], pend.device)
+        i = 0
+        while True:  # steps 0..g (the draft stop may lower g)
             fo = draft.forward(tok, first_pos if i == 0 else step_pos[i].unsqueeze(1), hidden=self.wants_hidden)
             lg = fo.logits[:, -1]
             if check:
@@ -373,15 +427,23 @@ class SpecCascadeDecoder(BaseDecoder):
             qr_list.append(qr)
             if fo.hidden is not None:
                 dh_list.append(fo.hidden[:, -1])
-            if i < g:
-                d = sample_categorical(q, u_draft[:, i])
-                d_list.append(d)
-                tok = d.unsqueeze(1)
+            if i == g:
+                break
+            d = sample_categorical(q, u_draft[:, i])
+            d_list.append(d)
+            tok = d.unsqueeze(1)
+            if stopper is not None:
+                going = stopper.step(q, d)
+                # the option's price: a host read per draft step (at the last one the block ends anyway)
+                if i + 1 < g and not bool(going.any()):
+                    g = i + 1  # every row has stopped: one more step gives q at their bonus positions
+            i += 1
         ctx.draft_forwards += g + 1
         q_rule = torch.stack(qr_list, dim=1)
         q = q_rule if q_list[0] is qr_list[0] else torch.stack(q_list, dim=1)
         d_hidden = torch.stack(dh_list, dim=1) if dh_list else None
-        return torch.stack([pend, *d_list] if with_pending else d_list, dim=1), q, q_rule, d_hidden, bad
+        block = torch.stack([pend, *d_list] if with_pending else d_list, dim=1)
+        return block, q, q_rule, d_hidden, bad, None if stopper is None else stopper.limit
 
     def _catch_up(self, draft: Any, tok: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Static engines: feed all but the last ``gamma + 1``-wide chunk of ``tok`` / ``positions``
@@ -411,6 +473,7 @@ class SpecCascadeDecoder(BaseDecoder):
         p: Tensor,
         q_rule: Tensor,
         p_rule: Tensor,
+        limit: Tensor | None = None,  # [B] drafts each row offered (the draft stop; None: every draft)
     ) -> RoundRecord:
         defer = res.defer
         if defer.dim() == 3:  # token rules: mass of deferred candidates
@@ -435,6 +498,7 @@ class SpecCascadeDecoder(BaseDecoder):
             defer_drafted=res.defer_drafted,
             accept_prob=res.accept_prob,
             rejection_prob=res.rejection_prob,
+            offered=limit,
         )
 
 
@@ -467,8 +531,11 @@ def make_decoder(
     * rule methods (``specdecode`` ... ``learned``): ``bonus`` ("pi" | "target"); ``gamma_policy``
       (None | "adaptive" | a :class:`~specref.decode.gamma_policy.AdaptiveGamma`: each round's block size
       in ``1..gamma``, or ``0..gamma`` for specdecode, from the running acceptance and the step costs, on every
-      engine (the static ones capture or compile one shape per block size used); the law is unchanged); rule
-      options such as ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
+      engine (the static ones capture or compile one shape per block size used); the law is unchanged);
+      ``draft_confidence_threshold`` (None | a number in (0, 1): a row stops drafting within a round after a
+      token its draft gave a probability below it, as transformers' ``assistant_confidence_threshold``; with
+      ``gamma`` or the policy's ``g`` as the round's maximum; the law is unchanged; one host read per draft
+      step); rule options such as ``beta`` (lossy), ``weight`` (ensemble), ``head`` (learned).
     * ``target`` / ``draft``: autoregressive decoding with one model.
     * ``token_cascade``: Chow's rule per token, the target called only on deferral (defer iff
       ``max q < 1 - alpha``).
@@ -490,13 +557,15 @@ def make_decoder(
     if method in RULE_METHODS or method not in METHODS:  # built-in or registered rule
         bonus = options.pop("bonus", "pi")
         policy = options.pop("gamma_policy", None)
+        stop = options.pop("draft_confidence_threshold", None)
         return SpecCascadeDecoder(
             draft, target, method, gamma, bonus=bonus, alpha=alpha, rule_options=options, gamma_policy=policy,
-            **common,
+            draft_confidence_threshold=stop, **common,
         )
-    if options.get("gamma_policy") is not None:
-        raise ValueError(f"gamma_policy applies to the speculative methods, not to {method!r}")
-    options.pop("gamma_policy", None)
+    for name in ("gamma_policy", "draft_confidence_threshold"):
+        if options.get(name) is not None:
+            raise ValueError(f"{name} applies to the speculative methods, not to {method!r}")
+        options.pop(name, None)
     if method in ("target", "draft"):
         if alpha is not None or options:
             raise ValueError(f"method {method!r} takes no alpha or options, got alpha={alpha!r}, {options}")

@@ -106,6 +106,7 @@ def fused_verify(
     kind: str | None = None,
     rows: Tensor | None = None,  # [>= B] 0, 1, 2, ... (a caller's precomputed arange)
     cols: Tensor | None = None,  # [>= G + 1] 0, 1, 2, ...
+    limit: Tensor | None = None,  # [B] drafts each row offers (the draft stop; None: all G)
 ) -> FusedResult | None:
     """Verify a block like ``verify_block(..., validate=False)`` for the supported rules; None otherwise."""
     kind = kind or fused_kind(rule)
@@ -118,13 +119,17 @@ def fused_verify(
     defer_d, accept_d, decision = rule.drafted_acceptance(drafts, q_rule, p_rule, q, p, features)
     ok = u_accept.to(accept_d.dtype) < accept_d
     accepted = ok.cumprod(dim=-1).sum(dim=-1)  # [B] (cumprod of bool counts in int64)
+    if limit is not None:  # a row's block ends after its offered drafts
+        accepted = torch.minimum(accepted, limit)
     acc_col = accepted.unsqueeze(1)
     kept = cols <= acc_col  # [B, G + 1]; column G: every draft passed
 
-    # The one position per row whose distribution is drawn from: first rejection, or gamma (bonus).
+    # The one position per row whose distribution is drawn from: first rejection, or gamma (bonus), or the
+    # row's limit (bonus: every offered draft passed)
     q_s, p_s = q[rows, accepted], p[rows, accepted]
     resid_s, bonus_s = rule.row_distributions(tuple(x[rows, accepted] for x in decision), q_s, p_s, bonus)
-    final_dist = torch.where(kept[:, g:], bonus_s, resid_s)
+    at_bonus = kept[:, g:] if limit is None else (accepted == limit).unsqueeze(1)
+    final_dist = torch.where(at_bonus, bonus_s, resid_s)
     final_tok = sample_categorical(final_dist, u_sample[rows, accepted])
 
     # emitted_tokens(drafts, accepted, final_tok), built from the drafts with the final token put at `accepted`

@@ -42,6 +42,17 @@ def check_nonnegative(name: str, value: Any) -> float:
     return v
 
 
+def check_confidence_threshold(name: str, value: Any) -> float:
+    """``value`` as a float in the open interval (0, 1), else a one-line ValueError naming ``name``.
+
+    Public because the speculative decoder checks its ``draft_confidence_threshold`` with it, and ``generate``
+    a GenerationConfig's ``assistant_confidence_threshold``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 < float(value) < 1.0
+    if not ok:  # NaN fails the comparison too
+        raise ValueError(f"{name} must be a number in (0, 1) (None: no draft stop), got {value!r}")
+    return float(value)
+
+
 def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int | None, float | None]:
     t = check_nonnegative("temperature", temperature)
     if top_k is not None:
@@ -103,6 +114,8 @@ _HARMLESS = frozenset(
         "early_stopping", "length_penalty", "transformers_version",
     }
 )
+#: The one assistant field the speculative decoder reads: its in-round draft stop (``draft_confidence_threshold``)
+_STOP = "assistant_confidence_threshold"
 #: Fields that change decoding unless they hold their no-op value (a value, or a set of them).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "num_beams": (1,), "num_beam_groups": (1,), "num_return_sequences": (1,), "repetition_penalty": (1.0,),
@@ -125,6 +138,10 @@ class _Generation:
     top_p: float | None
     #: explicit EOS ids (None: use the decoder's defaults; [] with ``no_eos``)
     eos: Any
+    #: ``assistant_confidence_threshold`` of the config or keywords: None (not given: the decoder's own
+    #: ``draft_confidence_threshold``), 0.0 (transformers' "never stop": no draft stop in this call), or a
+    #: threshold in (0, 1)
+    draft_stop: float | None = None
 
 
 def _generation_fields(generation_config: Any) -> dict[str, Any]:
@@ -179,6 +196,10 @@ def resolve_generation(
         for name in extra:
             if name not in known:
                 raise ValueError(f"generate() got an unknown argument {name!r}")
+    # the draft stop: a keyword wins over the config, as for every field (None: not given)
+    stop = extra.get(_STOP)
+    if stop is None and generation_config is not None:
+        stop = getattr(generation_config, _STOP, None)
     kw = {k: v for k, v in {**extra, **given}.items() if v is not None and k not in _HARMLESS}
     # a keyword length replaces the config's length of either kind
     if "max_new_tokens" in kw or "max_length" in kw:
@@ -216,7 +237,9 @@ def resolve_generation(
         if given.get("eos_token_id") is not None:
             raise ValueError(f"no_eos=True turns EOS off; do not also pass eos_token_id={given['eos_token_id']!r}")
         eos = []
-    return _Generation(max_new, t, k, p, eos)
+    if stop is not None and not (isinstance(stop, numbers.Real) and not isinstance(stop, bool) and stop == 0):
+        stop = check_confidence_threshold(_STOP, stop)  # 0 is transformers' value for "never stop"
+    return _Generation(max_new, t, k, p, eos, None if stop is None else float(stop))
 
 
 def default_eos_ids(target_model: Any, tokenizers: Sequence[Any] = ()) -> list[int]:

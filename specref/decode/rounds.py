@@ -27,7 +27,7 @@ from torch import Tensor
 from specref.decode.base import CallContext, any_nonfinite
 from specref.rng import STREAM_ACCEPT, STREAM_DRAFT, STREAM_SAMPLE, hash64, key_uniform, keyed_uniform
 
-__all__ = ["RoundPlan", "round_plan", "round_uniforms", "stream_keys"]
+__all__ = ["DraftStop", "RoundPlan", "round_plan", "round_uniforms", "stream_keys"]
 
 _ROUND_STREAMS = (STREAM_DRAFT, STREAM_ACCEPT, STREAM_SAMPLE)
 
@@ -98,7 +98,55 @@ class _BatchedUniforms:
         return u[:, 0], u[:, 1, :g], u[:, 2]
 
 
+# ---- the in-round draft stop -------------------------------------------------------------------------------
+
+
+class DraftStop:
+    """One round's draft stop on the draft's confidence in its own tokens (``draft_confidence_threshold``).
+
+    After the draft samples ``x_i`` from ``q_i`` (the distribution it sampled from: tempered and filtered), a
+    row whose ``q_i(x_i)`` is below the threshold drafts nothing more this round: its block ends with ``x_i``,
+    and position ``i + 1`` takes the token a round of ``i`` drafts would give it there, the bonus draw (from
+    ``pi``, or ``p`` with ``bonus="target"``) with the sample stream's uniform at that token index. Rows that
+    stopped keep being fed drafts (the batch's forwards are shared) which nothing reads: verification never
+    passes a row's ``limit``.
+
+    Exact: whether position ``i + 1`` is drafted depends only on ``x_1..x_i`` and the draft's distributions
+    there, i.e. on position ``i + 1``'s prefix; when verification reaches ``i + 1`` those tokens have all been
+    accepted, so the choice is a function of the emitted prefix, like a block size chosen before the round
+    (THEORY.md section 7), and the token there is drawn from ``pi`` at its prefix either way.
+    """
+
+    def __init__(self, threshold: float, batch: int, device: torch.device) -> None:
+        self.threshold = threshold
+        #: [B] bool: rows still drafting
+        self.going = torch.ones(batch, dtype=torch.bool, device=device)
+        #: [B] long: drafts each row offers for verification (its block ends after them)
+        self.limit = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def step(
+        self,
+        q: Tensor,  # [B, V] the distribution the draft just sampled from
+        drafted: Tensor,  # [B] the tokens it sampled
+    ) -> Tensor:
+        """Count ``drafted`` in the blocks of the rows still drafting, then stop those that doubt it; returns
+        the rows still drafting ``[B]`` bool."""
+        low = q.gather(1, drafted.unsqueeze(1)).squeeze(1) < self.threshold
+        self.limit += self.going
+        self.going &= ~low
+        return self.going
+
+
 # ---- per-row counters -------------------------------------------------------------------------------------
+
+#: per-row statistics of the draft stop, in ``CallContext.extra`` (DecodeStats.extra) while it is on: the drafts
+#: each row offered for verification, and the rounds whose drafting its stop ended before the round's gamma
+STOP_EXTRA = ("drafts_offered", "confidence_stops")
+
+
+def _stop_extra(ctx: CallContext) -> None:
+    for name in STOP_EXTRA:
+        ctx.extra[name] = torch.zeros(ctx.batch, dtype=torch.long, device=ctx.device)
 
 
 class _DirectCounters:
@@ -109,10 +157,16 @@ class _DirectCounters:
         self.ar_g = torch.arange(gamma, device=ctx.device)
         #: per-live-row tensors that follow the live rows (none: the counters are indexed by row id)
         self.live: tuple[Tensor, ...] = ()
+        self.extra = ctx.extra
+        if ctx.draft_stop is not None:
+            _stop_extra(ctx)
 
-    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None) -> None:
+    def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None,
+            limit: Tensor | None = None, planned: int | None = None) -> None:
         """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
-        ``[B, g]`` deferral at the drafted tokens (None: 1 at each; both unused when ``g = 0``)."""
+        ``[B, g]`` deferral at the drafted tokens (None: 1 at each; both unused when ``g = 0``). With the draft
+        stop, ``limit`` ``[B]`` drafts each row offered (<= g) out of the round's ``planned`` gamma: a row's
+        drafts after its limit were never offered, and ending there is not a rejection."""
         cnt = self.cnt
         g = self.gamma if g is None else g
         if g == 0:  # a plain target step: one round, one target call, nothing drafted
@@ -121,13 +175,17 @@ class _DirectCounters:
             return
         ar_g = self.ar_g[:g]
         reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
+        if limit is not None:  # verified: offered and reached
+            reached = reached & (ar_g.unsqueeze(0) < limit.unsqueeze(1))
+            self.extra[STOP_EXTRA[0]][row_ids] += limit
+            self.extra[STOP_EXTRA[1]][row_ids] += (limit < planned).long()
         n_reached = reached.sum(dim=1)
         cnt.rounds[row_ids] += 1
         cnt.draft_calls[row_ids] += g + 1
         cnt.target_calls[row_ids] += 1
         cnt.drafted[row_ids] += n_reached
         cnt.accepted[row_ids] += acc
-        cnt.rejections[row_ids] += (acc < g).long()
+        cnt.rejections[row_ids] += (acc < (g if limit is None else limit)).long()
         cnt.pos_reached[row_ids, :g] += reached.long()
         cnt.pos_accepted[row_ids, :g] += (ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
         if defer_drafted is None:  # deferral 1 at every drafted token
@@ -150,7 +208,9 @@ class _LiveCounters:
     ``acc < g``), and every live row took part in every round so far (rows only leave), so rounds, target
     calls and draft calls are host-side numbers. While every round's deferral is 1 at each drafted token
     (``defer_drafted=None``), the deferral sum is drafted itself (integers, exact in float64) and is neither
-    accumulated nor carried."""
+    accumulated nor carried. With the draft stop, a row's drafts after its ``limit`` are neither verified nor
+    accepted (the columns' masks say so; the identities above still hold, since a row ending at its limit
+    is not a rejection), and one more ``[B, 2]`` long tensor counts its offered drafts and its stops."""
 
     def __init__(self, ctx: CallContext, gamma: int) -> None:
         self.cnt, self.gamma = ctx.counters, gamma
@@ -159,14 +219,23 @@ class _LiveCounters:
         self.thresholds = torch.cat([ar, ar + 1]).unsqueeze(0)  # [1, 2 gamma]
         self._drafted: dict[int, Tensor] = {}  # g -> [1, 2 gamma] bool: positions < g (a shorter round)
         acc_i = torch.zeros((ctx.batch, 2 * gamma), dtype=torch.long, device=ctx.device)
-        #: (acc_i, acc_d); only (acc_i,) while every round so far had deferral 1 at each drafted token (the
-        #: deferral sum is then the drafted count)
+        self.extra = ctx.extra
+        #: (acc_i, acc_s, acc_d): acc_s [B, 2] (offered drafts, stops) only with the draft stop; acc_d only once
+        #: a round's deferral was not 1 at each drafted token (until then the deferral sum is the drafted count)
         self.live: tuple[Tensor, ...] = (acc_i,)
+        self._fixed = 1  # leading entries of live that are always there
+        if ctx.draft_stop is not None:
+            _stop_extra(ctx)
+            self.positions = torch.cat([ar, ar]).unsqueeze(0)  # [1, 2 gamma]: the draft position of each column
+            self.live = (acc_i, torch.zeros((ctx.batch, 2), dtype=torch.long, device=ctx.device))
+            self._fixed = 2
         self.rounds = self.draft_calls = 0
 
-    def add(self, row_ids: Tensor, acc: Tensor | None, defer_drafted: Tensor | None, g: int | None = None) -> None:
+    def add(self, row_ids: Tensor, acc: Tensor | None, defer_drafted: Tensor | None, g: int | None = None,
+            limit: Tensor | None = None, planned: int | None = None) -> None:
         """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
-        ``[B, g]`` deferral at the drafted tokens (both unused, and may be None, when ``g = 0``)."""
+        ``[B, g]`` deferral at the drafted tokens (both unused, and may be None, when ``g = 0``). With the draft
+        stop, ``limit`` ``[B]`` drafts each row offered (<= g) out of the round's ``planned`` gamma."""
         gamma = self.gamma
         g = gamma if g is None else g
         self.rounds += 1
@@ -175,24 +244,31 @@ class _LiveCounters:
         self.draft_calls += g + 1
         acc_i = self.live[0]
         hit = self.thresholds <= acc.unsqueeze(1)  # [B, 2 gamma]: verified | accepted
-        if g < gamma:  # a shorter round: positions g.. were not drafted (acc <= g, so only j = g can be hit)
+        if limit is not None:  # positions from a row's limit on were not offered (limit <= g: shorter rounds too)
+            hit = hit & (self.positions < limit.unsqueeze(1))
+            self.live[1].add_(torch.stack([limit, (limit < planned).long()], dim=1))
+        elif g < gamma:  # a shorter round: positions g.. were not drafted (acc <= g, so only j = g can be hit)
             mask = self._drafted.get(g)
             if mask is None:
                 mask = self._drafted[g] = (torch.arange(gamma, device=acc.device) < g).repeat(2).unsqueeze(0)
             hit = hit & mask
+        fixed = self._fixed
         if defer_drafted is None:
             acc_i += hit
-            if len(self.live) > 1:
-                self.live[1].add_(hit[:, :g].double().sum(dim=1))
+            if len(self.live) > fixed:
+                self.live[fixed].add_(hit[:, :g].double().sum(dim=1))
             return
-        if len(self.live) == 1:  # the deferral sum so far, of exact integers: the drafted count
-            self.live = (acc_i, acc_i[:, :gamma].sum(dim=1).double())
+        if len(self.live) == fixed:  # the deferral sum so far, of exact integers: the drafted count
+            self.live = (*self.live, acc_i[:, :gamma].sum(dim=1).double())
         acc_i += hit
-        self.live[1].add_((defer_drafted.double() * hit[:, :g]).sum(dim=1))
+        self.live[fixed].add_((defer_drafted.double() * hit[:, :g]).sum(dim=1))
 
     def flush(self, row_ids: Tensor) -> None:
         g, cnt = self.gamma, self.cnt
         acc_i = self.live[0]
+        if self._fixed > 1:
+            for j, name in enumerate(STOP_EXTRA):
+                self.extra[name][row_ids] = self.live[1][:, j]
         drafted, n_acc = acc_i[:, :g].sum(dim=1), acc_i[:, g:].sum(dim=1)
         table = cnt.table
         table[row_ids, cnt.CALLS.start] = self.draft_calls
@@ -200,7 +276,7 @@ class _LiveCounters:
         # drafted, defer_positions, accepted, rejections, pos_reached, pos_accepted
         counts = torch.cat([torch.stack([drafted, drafted, n_acc, drafted - n_acc], dim=1), acc_i], dim=1)
         table[row_ids, cnt.SPECULATIVE_START : cnt.SPECULATIVE_START + 4 + 2 * g] = counts
-        cnt.deferred[row_ids] = self.live[1] if len(self.live) > 1 else drafted.double()
+        cnt.deferred[row_ids] = self.live[self._fixed] if len(self.live) > self._fixed else drafted.double()
 
 
 # ---- the plan -------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class RoundRecord:
         accept_prob: ``[B, gamma]`` acceptance probability of each drafted token.
         rejection_prob: ``[B, P]`` probability that a fresh draft is rejected at each position.
         deferred: ``[B]`` bool, for sequential baselines: the rows that called the target this round.
+        offered: ``[B]`` with the draft stop (``draft_confidence_threshold``): the drafts each row offered for
+            verification; ``drafts`` after them were drawn for the batch's shared forwards and never read.
         extra: method-specific tensors.
     """
 
@@ -79,6 +81,7 @@ class RoundRecord:
     accept_prob: Tensor | None = None
     rejection_prob: Tensor | None = None
     deferred: Tensor | None = None
+    offered: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,10 +163,13 @@ class DecodeStats:
         rollbacks: BiLD rollbacks per row.
         draft_forwards / target_forwards / prefill_forwards: forward calls of the whole batch.
         num_rounds: rounds of the whole batch.
-        gamma_rounds: with a block-size policy, rounds of the whole batch per block size ``{g: rounds}``
-            (empty without one: every round drafted ``gamma``).
+        gamma_rounds: with a block-size policy, rounds of the whole batch per block size ``{g: rounds}``;
+            with the draft stop (``draft_confidence_threshold``), per drafted width (the round's widest row's
+            drafts) instead (empty without either: every round drafted ``gamma``).
         wall_time_s: wall time of the call (CUDA events on GPU).
-        extra: method-specific per-row tensors (e.g. SeqCascade's ``seq_deferred`` and ``confidence``).
+        extra: method-specific per-row tensors (e.g. SeqCascade's ``seq_deferred`` and ``confidence``; with the
+            draft stop, ``drafts_offered`` (drafts offered for verification, each round's up to the row's stop)
+            and ``confidence_stops`` (rounds whose drafting the stop ended before the round's gamma)).
         c_source: where ``c`` came from: ``"given"`` (passed to the decoder) or ``"params"`` (the ratio of
             per-step parameters, the default).
         params: the method's parameters: ``alpha`` (None for methods without one) and, where they apply,
@@ -302,6 +308,12 @@ class DecodeStats:
             out["gamma_rounds"] = {int(g): int(n) for g, n in self.gamma_rounds.items()}
             total = sum(self.gamma_rounds.values())
             out["mean_gamma"] = sum(g * n for g, n in self.gamma_rounds.items()) / total
+        if "confidence_stops" in self.extra:  # the draft stop, per row and round
+            row_rounds = int(self.rounds.sum())
+            stops = int(self.extra["confidence_stops"].sum())
+            out["confidence_stops"] = stops
+            out["stop_share"] = stops / row_rounds if row_rounds else float("nan")
+            out["mean_drafts"] = int(self.extra["drafts_offered"].sum()) / row_rounds if row_rounds else float("nan")
         out.update({"alpha": None, **self.params})
         out.update(self.settings)
         return out
