@@ -9,16 +9,18 @@ What one run does (about 3 minutes on a 2-core CPU with the defaults; ``--smoke`
 2. **Configurations**: transformers ``generate`` of the target alone, and with ``assistant_model=draft``
    under its default schedule (transformers 5.x: up to 20 draft tokens, stopped early when the draft's
    confidence falls below a threshold that adapts within the call) and under a constant ``--gamma`` drafts;
-   specref (engine ``fast``, the CPU engine) target-only, SpecDecode with a fixed ``--gamma`` and SpecDecode
+   specref (engine ``fast``, the CPU engine) target-only, SpecDecode with a fixed ``--gamma``, SpecDecode
    with the block-size policy (:class:`specref.decode.gamma_policy.AdaptiveGamma`, g in 0..gamma, g = 0 a
-   plain target step). Assisted generation with ``do_sample=True`` samples the target's law, as SpecDecode
-   does.
+   plain target step), and SpecDecode with the in-round draft stop (``draft_confidence_threshold``
+   ``--stop-threshold``, transformers' default 0.4, fixed here) on blocks of at most ``--stop-gamma`` (20, as
+   transformers), alone and under the block-size policy (its g in 0..stop-gamma as each round's maximum).
+   Assisted generation with ``do_sample=True`` samples the target's law, as SpecDecode does.
 3. **Calibration** (untimed; also the warm-up): every configuration decodes the first ``--calib`` prompts.
    Forward hooks on both models time every forward call by its width, which gives the costs measured inside
    specref's own calls: ``c`` = draft one-token forward / target one-token forward (target-only decoding),
    ``verify_slope`` = (target block of gamma + 1 / target one-token forward - 1) / gamma, and the time outside
    the forwards per fixed-gamma round and per target-only token, over the target one-token forward:
-   ``round_overhead`` and ``plain_overhead``. The policy gets exactly these four numbers (its other settings
+   ``round_overhead`` and ``plain_overhead``. The policies get exactly these four numbers (their other settings
    are the defaults).
 4. **Timed passes**: ``--repeats`` passes over the prompts; within a pass each prompt is decoded by every
    configuration in turn, the order rotated from prompt to prompt and pass to pass, so that a slow spell of
@@ -57,7 +59,8 @@ from bench.clock import elapsed, log, restart  # noqa: E402
 from bench.output import strip_suffix, write_report  # noqa: E402
 from bench.timing import sync  # noqa: E402
 
-__all__ = ["CONFIGS", "PAIR", "POLICY", "build_parser", "main", "markdown", "render", "run", "summarize"]
+__all__ = ["CONFIGS", "PAIR", "POLICY", "STOP", "STOP_POLICY", "build_parser", "main", "markdown", "render", "run",
+           "summarize"]
 
 PAIR = "arith-llama"
 
@@ -69,8 +72,17 @@ CONFIGS = (
     ("hf/assisted/constant", "transformers assisted generation, constant gamma"),
     ("specref/specdecode/fixed", "specref SpecDecode, fixed gamma"),
     ("specref/specdecode/adaptive", "specref SpecDecode, block-size policy"),
+    ("specref/specdecode/stop", "specref SpecDecode, confidence stop, gamma max"),
+    ("specref/specdecode/stop-adaptive", "specref SpecDecode, confidence stop + block-size policy, gamma max"),
 )
 POLICY = "specref/specdecode/adaptive"
+#: the in-round draft stop on the draft's confidence (draft_confidence_threshold), alone and under the policy
+STOP, STOP_POLICY = "specref/specdecode/stop", "specref/specdecode/stop-adaptive"
+#: the speculative configurations, in the order of the block-size table
+SPECULATIVE = ("hf/assisted/default", "hf/assisted/constant", "specref/specdecode/fixed", POLICY, STOP, STOP_POLICY)
+#: defaults of the stop's settings (also for runs made before they existed): transformers' threshold and its
+#: largest draft
+STOP_DEFAULTS = {"stop_threshold": 0.4, "stop_gamma": 20}
 
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -86,6 +98,12 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=None, help="timed passes over the prompts (default 3; smoke 1)")
     ap.add_argument("--gamma", type=int, default=5, help="fixed gamma, the policy's largest g and transformers' "
                     "constant draft length (default: 5)")
+    ap.add_argument("--stop-threshold", type=float, default=STOP_DEFAULTS["stop_threshold"],
+                    help="draft_confidence_threshold of the confidence-stop configurations (default: 0.4, "
+                         "transformers' assistant_confidence_threshold)")
+    ap.add_argument("--stop-gamma", type=int, default=STOP_DEFAULTS["stop_gamma"],
+                    help="the confidence-stop configurations' largest block (default: 20, transformers' largest "
+                         "draft)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the decodes (default: 0)")
@@ -265,12 +283,15 @@ class AssistedCpuRun:
     def decoders(self, policies: dict[str, Any] | None = None) -> None:
         from specref.decode import make_decoder
 
-        p, g = self.pair, self.args.gamma
+        p, g, args = self.pair, self.args.gamma, self.args
         kw = {"engine": "fast", "tokenizer": p.tokenizer}
+        stop = {"gamma": args.stop_gamma, "draft_confidence_threshold": args.stop_threshold}
         self.dec = {"specref/target": make_decoder(p.draft, p.target, "target", **kw),
-                    "specref/specdecode/fixed": make_decoder(p.draft, p.target, "specdecode", gamma=g, **kw)}
+                    "specref/specdecode/fixed": make_decoder(p.draft, p.target, "specdecode", gamma=g, **kw),
+                    STOP: make_decoder(p.draft, p.target, "specdecode", **stop, **kw)}
         for key, policy in (policies or {}).items():
-            self.dec[key] = make_decoder(p.draft, p.target, "specdecode", gamma=g, gamma_policy=policy, **kw)
+            shape = stop if key == STOP_POLICY else {"gamma": g}
+            self.dec[key] = make_decoder(p.draft, p.target, "specdecode", gamma_policy=policy, **shape, **kw)
 
     # -- one decode ----------------------------------------------------------------------------------------
     def decode(self, key: str, prompt: list[int], seed: int) -> dict[str, Any]:
@@ -321,9 +342,12 @@ class AssistedCpuRun:
             s = out.stats
             tokens = int(out.lengths.sum())
             if key != "specref/target":
+                # batch 1: a round's width is the row's drafts (with the stop, up to the row's stop)
                 g_rounds = {int(k): int(v) for k, v in s.gamma_rounds.items()} or {args.gamma: int(s.num_rounds)}
                 row.update(rounds=int(s.num_rounds), drafted=sum(g * n for g, n in g_rounds.items()),
                            accepted=int(s.accepted.sum()), verified=int(s.drafted.sum()), gamma_rounds=g_rounds)
+                if "confidence_stops" in s.extra:
+                    row["stops"] = int(s.extra["confidence_stops"].sum())
         row.update(wall_s=wall, tokens=tokens, draft_calls=h.calls("draft"), target_calls=h.calls("target"),
                    draft_s=h.seconds("draft"), target_s=h.seconds("target"))
         self._widths(key, h)
@@ -377,9 +401,10 @@ class AssistedCpuRun:
         policy = AdaptiveGamma(c=c, verify_slope=slope, round_overhead=max(0.0, out_round / t1),
                                plain_overhead=max(0.0, out_step / t1))
         R["calibration"]["policy"] = repr(policy)
-        self.decoders({POLICY: policy})
-        for i, prompt in enumerate(self.prompts[: args.calib]):  # the policy decoder's warm-up
-            self.decode(POLICY, prompt, 10**6 + i)
+        self.decoders({POLICY: policy, STOP_POLICY: policy})
+        for i, prompt in enumerate(self.prompts[: args.calib]):  # the warm-up of the decoders not timed above
+            for k in (POLICY, STOP, STOP_POLICY):
+                self.decode(k, prompt, 10**6 + i)
         log(f"calibration: target step {t1:.3f} ms, draft step {d1:.3f} ms, block of {args.gamma + 1} {blk:.3f} ms, "
             f"outside the forwards {out_round:.3f} ms per round vs {out_step:.3f} ms per target step -> c = {c:.3f}, "
             f"verify_slope = {slope:.3f} (parameter ratio {R['pair']['param_step_ratio']:.3f}); {policy!r}")
@@ -509,9 +534,18 @@ def summarize(R: dict[str, Any]) -> dict[str, Any]:
                        mean_gamma=sum(kk * v for kk, v in g.items()) / rounds,
                        gamma_share={str(kk): v / rounds for kk, v in sorted(g.items())},
                        zero_share=g.get(0, 0) / rounds)
+            if "stops" in tot:  # rounds whose drafting the confidence stop ended before the round's largest g
+                row["stop_share"] = tot["stops"] / rounds
         out["configs"][k] = row
     out["policy_vs"] = {k: ratio(POLICY, k) for k in ("hf/assisted/default", "hf/assisted/constant",
                                                        "specref/specdecode/fixed")}
+    for key, name in ((STOP, "stop_vs"), (STOP_POLICY, "stop_policy_vs")):  # against the same references
+        if key in tps:
+            out[name] = {k: ratio(key, k) for k in ("hf/assisted/default", "hf/assisted/constant",
+                                                    "specref/specdecode/fixed", POLICY)}
+            m = out[name]["hf/assisted/default"]
+            out[name]["met"] = bool(m and m["median"] >= 1.0)
+            out[name]["met_every_pass"] = bool(m and m["min"] >= 1.0)
     F = R.get("forward_ms_by_width") or {}
     t1 = _ms(F.get("specref/target", {}), "target", 1)
     d1 = _ms(F.get("specref/specdecode/fixed", {}), "draft", 1)
@@ -540,9 +574,12 @@ def _r(x: dict[str, Any] | None, nd: int = 2) -> str:
     return f"{x['median']:.{nd}f}x" + (f" [{x['min']:.{nd}f}-{x['max']:.{nd}f}]" if x["min"] != x["max"] else "")
 
 
-def _label(key: str, gamma: int) -> str:
-    return dict(CONFIGS)[key].replace("constant gamma", f"constant {gamma}").replace("fixed gamma",
-                                                                                    f"fixed gamma {gamma}")
+def _label(key: str, args: dict[str, Any]) -> str:
+    gamma = args["gamma"]
+    stop = {k: args.get(k, v) for k, v in STOP_DEFAULTS.items()}  # runs made before the stop existed: defaults
+    return (dict(CONFIGS)[key].replace("constant gamma", f"constant {gamma}")
+            .replace("fixed gamma", f"fixed gamma {gamma}").replace("gamma max", f"gamma max {stop['stop_gamma']}")
+            .replace("confidence stop", f"confidence stop {stop['stop_threshold']:g}"))
 
 
 def markdown(R: dict[str, Any]) -> str:
@@ -580,7 +617,7 @@ def markdown(R: dict[str, Any]) -> str:
             if not c:
                 continue
             t = c["tokens_per_s"]
-            L.append(f"| {_label(k, g)} | {t['median']:.1f} [{t['min']:.1f}-{t['max']:.1f}] | "
+            L.append(f"| {_label(k, args)} | {t['median']:.1f} [{t['min']:.1f}-{t['max']:.1f}] | "
                      f"{_r(c['vs_hf_target'])} | {_r(c['vs_specref_target'])} | {_f(c.get('acceptance'), 3)} | "
                      f"{c['draft_calls_per_token']:.3f} | {c['target_calls_per_token']:.3f} | "
                      f"{_f(c.get('mean_gamma'), 2)} | {c['draft_fwd_ms_per_token']:.2f} + "
@@ -591,17 +628,22 @@ def markdown(R: dict[str, Any]) -> str:
               "each round). Calls per token count every forward call, prefill included (assisted generation has no "
               "separate prefill: its first target call scores the prompt and the first drafts)."]
         rows = []
-        for k in ("hf/assisted/default", "hf/assisted/constant", "specref/specdecode/fixed", POLICY):
+        for k in SPECULATIVE:
             c = S["configs"].get(k)
             if c and c.get("gamma_share"):
                 share = ", ".join(f"{gg}: {100 * v:.1f}%" for gg, v in c["gamma_share"].items())
-                rows.append(f"| {_label(k, g)} | {c['rounds']} | {c['tokens_per_round']:.2f} | "
+                rows.append(f"| {_label(k, args)} | {c['rounds']} | {c['tokens_per_round']:.2f} | "
                             f"{_f(c.get('accepted_per_drafted'), 3)} | {c['mean_gamma']:.2f} | "
                             f"{100 * c['zero_share']:.1f}% | {c['outside_ms_per_round']:.2f} | {share} |")
         if rows:
             L += ["", "Block sizes (drafts per round; g = 0 is a plain target step), all passes:", "",
                   "| configuration | rounds | tokens / round | accepted / drafted | mean g | g = 0 | outside ms / "
                   "round | share of rounds per g |", "|---|---|---|---|---|---|---|---|"] + rows
+            stops = [f"{_label(k, args)}: {100 * S['configs'][k]['stop_share']:.1f}%" for k in (STOP, STOP_POLICY)
+                     if "stop_share" in S["configs"].get(k, {})]
+            if stops:
+                L += ["", "With the confidence stop, g is the drafts of the round (the row's, at batch 1); share of "
+                      "rounds the stop ended before the round's largest g: " + "; ".join(stops) + "."]
         tc = S.get("timed_costs")
         if tc:
             L += ["", f"The same costs over the timed passes: target one-token forward {tc['target_step_ms']:.3f} ms "
@@ -616,6 +658,15 @@ def markdown(R: dict[str, Any]) -> str:
                   + (" in every pass" if T["met_every_pass"] else (" (not in every pass)" if T["met"] else ""))
                   + f". Policy / assisted with constant {g}: {_r(pv.get('hf/assisted/constant'))}; policy / fixed "
                   f"gamma {g}: {_r(pv.get('specref/specdecode/fixed'))}."]
+        for key, name in ((STOP, "stop_vs"), (STOP_POLICY, "stop_policy_vs")):
+            sv = S.get(name)
+            if sv:
+                verdict = ("**met**" + (" in every pass" if sv["met_every_pass"] else " (not in every pass)")
+                           if sv["met"] else "**missed**")
+                L += ["", f"{_label(key, args)} / assisted generation (default schedule) = "
+                      f"{_r(sv.get('hf/assisted/default'))} ({verdict}); / assisted with constant {g}: "
+                      f"{_r(sv.get('hf/assisted/constant'))}; / fixed gamma {g}: "
+                      f"{_r(sv.get('specref/specdecode/fixed'))}; / the policy: {_r(sv.get(POLICY))}."]
     if R.get("errors"):
         L += ["", "Errors: " + "; ".join(R["errors"])]
     L += ["", f"Total {R.get('total_seconds', '-')} s. Command: `python bench/assisted_cpu.py` (or "
