@@ -114,7 +114,7 @@ def test_render_rewrites_the_report_from_a_finished_run(smoke, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*.md")
-                                         if "-realistic-" not in p.stem))
+                                         if "-realistic-" not in p.stem and "-compile-warmup-" not in p.stem))
 def test_committed_gpu_reports_match_their_measurements(name, tmp_path):
     """A committed GPU report is exactly what its own JSON renders to (no hand-edited or stale numbers)."""
     src = REPO / "bench" / "results" / f"{name}.json"
@@ -327,6 +327,16 @@ def test_committed_assisted_cpu_reports_match_their_measurements(name, tmp_path)
 
 
 # ---- compiled decoder warm-up in fresh processes (bench/compile_warmup.py) --------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("*-compile-warmup-*.md")))
+def test_committed_compile_warmup_reports_match_their_measurements(name):
+    """A committed warm-up report is exactly what its own JSON renders to, and says which machine ran it."""
+    from bench import compile_warmup
+
+    R = json.loads((REPO / "bench" / "results" / f"{name}.json").read_text())
+    assert compile_warmup.markdown(R) == (REPO / "bench" / "results" / f"{name}.md").read_text()
+    assert R["smoke"] == name.startswith("cpu-") and (R["smoke"] or "NVIDIA" in R["env"]["device"])
 
 
 def test_compile_warmup_report_and_refusals(tmp_path):
