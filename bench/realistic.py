@@ -241,7 +241,7 @@ def every_width_policy() -> Any:
         rounds: list = field(default_factory=lambda: [0], compare=False, repr=False)
 
         def choose(self, gamma_max: int, c: float, accepted: int, verified: int, allow_zero: bool = False,
-                   since_draft: int = 0) -> int:
+                   since_draft: int = 0, **kw: Any) -> int:
             cycle = [0] * self.probe_every * allow_zero + list(range(1, gamma_max + 1))
             self.rounds[0] += 1
             return cycle[(self.rounds[0] - 1) % len(cycle)]

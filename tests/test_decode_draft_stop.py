@@ -63,9 +63,9 @@ class Descending(Cycling):
     """Causal and erratic, as :class:`Cycling`, but from the longest block down: the first rounds of a 3-token
     sample then draft enough for the stop to end them early."""
 
-    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0):
+    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0, **kw):
         low = 0 if allow_zero else 1
-        return gamma_max + low - super().choose(gamma_max, c, accepted, verified, allow_zero, since_draft)
+        return gamma_max + low - super().choose(gamma_max, c, accepted, verified, allow_zero, since_draft, **kw)
 
 
 # (method, alpha, options, engine): SpecDecode, cascade rules (a whole-position and a lossy one), Token V3; the bonus
@@ -317,9 +317,9 @@ class _Recording(AdaptiveGamma):
 
     seen: list = dataclasses.field(default_factory=list, compare=False, repr=False)
 
-    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0):
+    def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0, **kw):
         self.seen.append((accepted, verified))
-        return super().choose(gamma_max, c, accepted, verified, allow_zero, since_draft)
+        return super().choose(gamma_max, c, accepted, verified, allow_zero, since_draft, **kw)
 
 
 def test_the_policy_counts_verified_drafts_only():

@@ -179,7 +179,7 @@ def end_round(
     sessions: Sequence[Any],
     carry: Sequence[Tensor],  # [B, ...] per-row tensors that follow the live rows
     *,
-    extra: Sequence[Tensor] = (),  # 0-dim long tensors read in the same sync
+    extra: Sequence[Tensor] = (),  # long tensors (any shape, read flat) read in the same sync
     shared: bool = False,
     on_leave: Callable[[], Any] | None = None,
     where: str = "draft or target",
@@ -195,12 +195,13 @@ def end_round(
     summaries = [sessions[0].summary()] if shared else [s.summary() for s in sessions]
     # one cat of long tensors (one kernel on a GPU, where mixed dtypes copy input by input): the flag, the
     # finished count, extra, the summaries
-    head_vals = [bad.long().reshape(1), finished.sum().reshape(1), *(e.reshape(1) for e in extra)]
+    flat = [e.reshape(-1) for e in extra]
+    head_vals = [bad.long().reshape(1), finished.sum().reshape(1), *flat]
     vals = torch.cat([*head_vals, *summaries]).tolist()
     if vals[0]:
         _raise_nonfinite(where)
     n_alive = finished.shape[0] - vals[1]
-    head = 2 + len(extra)
+    head = 2 + sum(int(e.shape[0]) for e in flat)
     if n_alive == 0:
         if on_leave is not None:
             on_leave()

@@ -182,6 +182,13 @@ class SpecCascadeDecoder(BaseDecoder):
                 out[name] = getattr(self.rule, name)
         return out
 
+    def _draft_positions(self, device: torch.device) -> Tensor:
+        """``[1, gamma]`` 0..gamma - 1 on ``device`` (made once per decoder and device)."""
+        ar = getattr(self, "_ar_positions", None)
+        if ar is None or ar.device != device:
+            ar = self._ar_positions = torch.arange(self.gamma, device=device).unsqueeze(0)
+        return ar
+
     def _block(self) -> int:
         return self.gamma + 1
 
@@ -202,6 +209,8 @@ class SpecCascadeDecoder(BaseDecoder):
         plan = round_plan(self.engine_spec.lean_round, ctx, g)
         policy = self.gamma_policy
         accepted_so_far = verified_so_far = 0  # the policy's running acceptance, read in the round's sync
+        # ... and per draft position (accepted, verified given the drafts before it passed)
+        accepted_at, verified_at = [0] * self.gamma, [0] * self.gamma
         # g = 0 rounds (a plain target step) only where pi = p; the draft then lags behind the target, so
         # the two caches no longer share one summary
         zero_ok = self._zero_ok
@@ -228,7 +237,8 @@ class SpecCascadeDecoder(BaseDecoder):
             if prof is not None:
                 prof.round_begin()
             if policy is not None:  # this round's block size, from what earlier rounds did
-                g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft)
+                g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft,
+                                  by_position=(accepted_at, verified_at))
                 if isinstance(g, bool) or not isinstance(g, Integral) or not low <= g <= self.gamma:
                     raise ValueError(f"{type(policy).__name__}.choose returned {g!r}; a block size must be an "
                                      f"integer in {low}..{self.gamma}")
@@ -264,9 +274,12 @@ class SpecCascadeDecoder(BaseDecoder):
                 break
             row_ids, keys, gen, pend, pos, lag, *live = step[0]
             counters.live = tuple(live)
-            if verified:
-                accepted_so_far += step[1][0]
-                verified_so_far += step[1][1]
+            if verified:  # [accepted at each draft position, verified at each]
+                counts = step[1]
+                for j in range(self.gamma):
+                    accepted_at[j] += counts[j]
+                    verified_at[j] += counts[self.gamma + j]
+                accepted_so_far, verified_so_far = sum(accepted_at), sum(verified_at)
 
     def _spec_round(
         self,
@@ -344,8 +357,11 @@ class SpecCascadeDecoder(BaseDecoder):
         ctx.rounds += 1
         verified: tuple[Tensor, ...] = ()
         if track:  # a row verifies its drafts up to the first rejection, and none after its limit
-            verified = (acc.sum(), (torch.clamp(acc + 1, max=g) if limit is None else
-                                    torch.minimum(acc + 1, limit)).sum())
+            # per draft position j < gamma: accepted iff j < acc, verified iff j <= acc and j < the row's drafts
+            ar = self._draft_positions(acc.device)
+            offered = (ar < g) if limit is None else (ar < limit.unsqueeze(1))
+            acc_col = acc.unsqueeze(1)
+            verified = (torch.cat([(ar < acc_col).sum(dim=0), ((ar <= acc_col) & offered).sum(dim=0)]),)
         # next round: the residual / bonus draw is pending, after the accepted drafts
         return finished, bad, verified, pend_next, pos + res.num_emitted, gen_next, g
 
