@@ -182,13 +182,6 @@ class SpecCascadeDecoder(BaseDecoder):
                 out[name] = getattr(self.rule, name)
         return out
 
-    def _draft_positions(self, device: torch.device) -> Tensor:
-        """``[1, gamma]`` 0..gamma - 1 on ``device`` (made once per decoder and device)."""
-        ar = getattr(self, "_ar_positions", None)
-        if ar is None or ar.device != device:
-            ar = self._ar_positions = torch.arange(self.gamma, device=device).unsqueeze(0)
-        return ar
-
     def _block(self) -> int:
         return self.gamma + 1
 
@@ -274,11 +267,11 @@ class SpecCascadeDecoder(BaseDecoder):
                 break
             row_ids, keys, gen, pend, pos, lag, *live = step[0]
             counters.live = tuple(live)
-            if verified:  # [accepted at each draft position, verified at each]
+            if verified:  # [verified at each draft position, accepted at each]
                 counts = step[1]
                 for j in range(self.gamma):
-                    accepted_at[j] += counts[j]
-                    verified_at[j] += counts[self.gamma + j]
+                    verified_at[j] += counts[j]
+                    accepted_at[j] += counts[self.gamma + j]
                 accepted_so_far, verified_so_far = sum(accepted_at), sum(verified_at)
 
     def _spec_round(
@@ -349,19 +342,15 @@ class SpecCascadeDecoder(BaseDecoder):
         target.keep_last(g + 1, keep)
         finished, gen_next = ctx.emit_lean(row_ids, gen, res.tokens, res.num_emitted)
         if limit is None:
-            counters.add(row_ids, acc, defer_drafted, g)
+            hits = counters.add(row_ids, acc, defer_drafted, g, track=track)
         else:
-            counters.add(row_ids, acc, defer_drafted, g, limit, planned)
+            hits = counters.add(row_ids, acc, defer_drafted, g, limit, planned, track=track)
         if ctx.on_round is not None:
             ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, gen_next - gen, q, p, q_rule, p_rule, limit))
         ctx.rounds += 1
         verified: tuple[Tensor, ...] = ()
-        if track:  # a row verifies its drafts up to the first rejection, and none after its limit
-            # per draft position j < gamma: accepted iff j < acc, verified iff j <= acc and j < the row's drafts
-            ar = self._draft_positions(acc.device)
-            offered = (ar < g) if limit is None else (ar < limit.unsqueeze(1))
-            acc_col = acc.unsqueeze(1)
-            verified = (torch.cat([(ar < acc_col).sum(dim=0), ((ar <= acc_col) & offered).sum(dim=0)]),)
+        if track:  # the policy's per-position counts: the counters' own verified / accepted columns, summed
+            verified = (hits.sum(dim=0),)
         # next round: the residual / bonus draw is pending, after the accepted drafts
         return finished, bad, verified, pend_next, pos + res.num_emitted, gen_next, g
 

@@ -162,17 +162,19 @@ class _DirectCounters:
             _stop_extra(ctx)
 
     def add(self, row_ids: Tensor, acc: Tensor, defer_drafted: Tensor, g: int | None = None,
-            limit: Tensor | None = None, planned: int | None = None) -> None:
+            limit: Tensor | None = None, planned: int | None = None, track: bool = False) -> Tensor | None:
         """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
         ``[B, g]`` deferral at the drafted tokens (None: 1 at each; both unused when ``g = 0``). With the draft
         stop, ``limit`` ``[B]`` drafts each row offered (<= g) out of the round's ``planned`` gamma: a row's
-        drafts after its limit were never offered, and ending there is not a rejection."""
+        drafts after its limit were never offered, and ending there is not a rejection. ``track``: also
+        return the round's ``[B, 2 gamma]`` per-position indicators (verified, then accepted), as the lean
+        counters keep them."""
         cnt = self.cnt
         g = self.gamma if g is None else g
         if g == 0:  # a plain target step: one round, one target call, nothing drafted
             cnt.rounds[row_ids] += 1
             cnt.target_calls[row_ids] += 1
-            return
+            return None
         ar_g = self.ar_g[:g]
         reached = ar_g.unsqueeze(0) <= acc.unsqueeze(1)
         if limit is not None:  # verified: offered and reached
@@ -186,13 +188,18 @@ class _DirectCounters:
         cnt.drafted[row_ids] += n_reached
         cnt.accepted[row_ids] += acc
         cnt.rejections[row_ids] += (acc < (g if limit is None else limit)).long()
+        passed = ar_g.unsqueeze(0) < acc.unsqueeze(1)
         cnt.pos_reached[row_ids, :g] += reached.long()
-        cnt.pos_accepted[row_ids, :g] += (ar_g.unsqueeze(0) < acc.unsqueeze(1)).long()
+        cnt.pos_accepted[row_ids, :g] += passed.long()
         if defer_drafted is None:  # deferral 1 at every drafted token
             cnt.deferred[row_ids] += reached.double().sum(dim=1)
         else:
             cnt.deferred[row_ids] += (defer_drafted.double() * reached).sum(dim=1)
         cnt.defer_positions[row_ids] += n_reached
+        if not track:
+            return None
+        pad = (0, self.gamma - g)  # positions g.. of a shorter round: neither verified nor accepted
+        return torch.cat([torch.nn.functional.pad(reached, pad), torch.nn.functional.pad(passed, pad)], dim=1)
 
     def flush(self, row_ids: Tensor) -> None:
         pass
@@ -232,15 +239,16 @@ class _LiveCounters:
         self.rounds = self.draft_calls = 0
 
     def add(self, row_ids: Tensor, acc: Tensor | None, defer_drafted: Tensor | None, g: int | None = None,
-            limit: Tensor | None = None, planned: int | None = None) -> None:
+            limit: Tensor | None = None, planned: int | None = None, track: bool = False) -> Tensor | None:
         """``acc`` ``[B]`` accepted drafts of a round of ``g`` (default gamma) drafts, ``defer_drafted``
         ``[B, g]`` deferral at the drafted tokens (both unused, and may be None, when ``g = 0``). With the draft
-        stop, ``limit`` ``[B]`` drafts each row offered (<= g) out of the round's ``planned`` gamma."""
+        stop, ``limit`` ``[B]`` drafts each row offered (<= g) out of the round's ``planned`` gamma. Returns the
+        round's ``[B, 2 gamma]`` per-position indicators (verified, then accepted; None when ``g = 0``)."""
         gamma = self.gamma
         g = gamma if g is None else g
         self.rounds += 1
         if g == 0:  # a plain target step: one round, one target call, nothing drafted
-            return
+            return None
         self.draft_calls += g + 1
         acc_i = self.live[0]
         hit = self.thresholds <= acc.unsqueeze(1)  # [B, 2 gamma]: verified | accepted
@@ -257,11 +265,12 @@ class _LiveCounters:
             acc_i += hit
             if len(self.live) > fixed:
                 self.live[fixed].add_(hit[:, :g].double().sum(dim=1))
-            return
+            return hit
         if len(self.live) == fixed:  # the deferral sum so far, of exact integers: the drafted count
             self.live = (*self.live, acc_i[:, :gamma].sum(dim=1).double())
         acc_i += hit
         self.live[fixed].add_((defer_drafted.double() * hit[:, :g]).sum(dim=1))
+        return hit
 
     def flush(self, row_ids: Tensor) -> None:
         g, cnt = self.gamma, self.cnt
