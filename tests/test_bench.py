@@ -113,16 +113,22 @@ def test_render_rewrites_the_report_from_a_finished_run(smoke, tmp_path):
         _suite().main(["--render", str(tmp_path / "bad.json")])
 
 
+def _renders_as_committed(name: str, tmp_path, render_main) -> dict:
+    """Re-render a copy of ``bench/results/<name>.json`` with ``render_main(["--render", ...])``; the markdown
+    must equal the committed one. Returns the run's JSON."""
+    src = REPO / "bench" / "results" / f"{name}.json"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text(src.read_text())
+    assert render_main(["--render", str(copy)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
+    return json.loads(src.read_text())
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("nvidia-*.md")
                                          if "-realistic-" not in p.stem and "-compile-warmup-" not in p.stem))
 def test_committed_gpu_reports_match_their_measurements(name, tmp_path):
     """A committed GPU report is exactly what its own JSON renders to (no hand-edited or stale numbers)."""
-    src = REPO / "bench" / "results" / f"{name}.json"
-    copy = tmp_path / f"{name}.json"
-    copy.write_text(src.read_text())
-    assert _suite().main(["--render", str(copy)]) == 0
-    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
-    R = json.loads(src.read_text())
+    R = _renders_as_committed(name, tmp_path, _suite().main)
     assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
 
 
@@ -255,12 +261,7 @@ def test_committed_realistic_reports_match_their_measurements(name, tmp_path):
     """A committed realistic-size report is exactly what its own JSON renders to, measured on an NVIDIA GPU."""
     from bench import realistic
 
-    src = REPO / "bench" / "results" / f"{name}.json"
-    copy = tmp_path / f"{name}.json"
-    copy.write_text(src.read_text())
-    assert realistic.main(["--render", str(copy)]) == 0
-    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
-    R = json.loads(src.read_text())
+    R = _renders_as_committed(name, tmp_path, realistic.main)
     assert not R["smoke"] and "NVIDIA" in R["env"]["device"]
     assert R["models"]["target"]["params"] > 7e9 and not R["errors"]
 
@@ -312,17 +313,12 @@ def test_assisted_cpu_smoke_times_every_configuration_on_the_same_prompts(tmp_pa
     assert (tmp_path / "copy.md").read_text() == out.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("cpu-assisted-policy-*.md")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "bench" / "results").glob("cpu-assisted-*.md")))
 def test_committed_assisted_cpu_reports_match_their_measurements(name, tmp_path):
     """A committed CPU comparison with assisted generation is exactly what its own JSON renders to."""
     from bench import assisted_cpu
 
-    src = REPO / "bench" / "results" / f"{name}.json"
-    copy = tmp_path / f"{name}.json"
-    copy.write_text(src.read_text())
-    assert assisted_cpu.main(["--render", str(copy)]) == 0
-    assert (tmp_path / f"{name}.md").read_text() == (REPO / "bench" / "results" / f"{name}.md").read_text()
-    R = json.loads(src.read_text())
+    R = _renders_as_committed(name, tmp_path, assisted_cpu.main)
     assert not R["smoke"] and not R["errors"] and R["prompts"]["examples"] >= 32
 
 

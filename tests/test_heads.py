@@ -33,8 +33,8 @@ def _dists(n=40, vocab=V, seed=0):
 
 def _mlp(head_cls, spec, seed, hidden=(8,)):
     torch.manual_seed(seed)
-    out = 2 if head_cls is CascadeHead else 1
-    head = head_cls(spec, body={"type": "mlp", "in_dim": spec.dim, "out_dim": out, "hidden": list(hidden)})
+    head = head_cls(spec, body={"type": "mlp", "in_dim": spec.dim, "out_dim": head_cls.out_dim,
+                                "hidden": list(hidden)})
     with torch.no_grad():
         head.scaler.mean.normal_(0, 0.1)
         head.scaler.scale.uniform_(0.5, 2.0)

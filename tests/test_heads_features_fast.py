@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_heads import _mlp
 
 from specref import dists, position_summary, rules
 from specref.dists import stable_top_k, tv
@@ -274,15 +275,7 @@ def test_decide_scores_equals_the_max_form():
 def _head_of(kind: str, seed: int = 0):
     spec = FeatureSpec(kind, k=4, candidates=8 if kind == "token" else 0)
     cls = {"cascade": CascadeHead, "token": TokenHead, "mixture": MixtureHead}[kind]
-    out = 1 if kind == "token" else 2
-    torch.manual_seed(seed)
-    head = cls(spec, body={"type": "mlp", "in_dim": spec.dim, "out_dim": out, "hidden": [16]})
-    with torch.no_grad():
-        head.scaler.mean.normal_(0, 0.1)
-        head.scaler.scale.uniform_(0.5, 2.0)
-        for prm in head.body.parameters():
-            prm.normal_(0, 0.7)
-    return head.eval()
+    return _mlp(cls, spec, seed, hidden=(16,))
 
 
 @pytest.mark.parametrize("kind", ["cascade", "token", "mixture"])
