@@ -26,9 +26,9 @@ overall rate by ``prior_weight``), and a round of ``g`` drafts emits ``1 + a_0 +
 tokens in expectation (the same as Eq. 1 when every ``a_j`` is ``a``). A plain target step (``g = 0``) costs
 ``1 + plain_overhead`` (its own, smaller, work outside the forward: sampling and bookkeeping, no
 verification); it is only chosen once the call has verified as many drafts as the prior counts
-(``prior_weight``), so the prior alone never turns speculation off. The per-round work is what makes long blocks worth more than their draft forwards alone say:
-folding it into ``c`` instead charges it once per draft forward, so short blocks and plain steps look cheaper
-than they are.
+(``prior_weight``), so the prior alone never turns speculation off. The per-round work is what makes long
+blocks worth more than their draft forwards alone say: folding it into ``c`` instead charges it once per draft
+forward, so short blocks and plain steps look cheaper than they are.
 """
 
 from __future__ import annotations
