@@ -6,9 +6,10 @@ decoder on the same shapes loads the generated kernels instead of compiling them
 step and the CUDA graphs are captured again. specref's compiled engines (``compile``, ``compile-graph``)
 compile one static shape per model, batch, capacity and block width, so a decoder whose shapes were compiled
 before by any process on the machine starts from that cache. This bench measures it: two fresh processes in a
-row share one empty cache folder (made for the run and removed after it, or ``--cache DIR``, kept); each builds the models (random weights:
-compiled code depends on shapes, not values), then for each method creates the decoder and times its first
-``generate`` call (tracing, compiling or loading, graph capture, one decode) and a second, warm call. The
+row share one empty cache folder (made for the run and removed after it, or ``--cache DIR``, kept); each builds
+the models (random weights: compiled code depends on shapes, not values), then for each method creates the
+decoder and times its first ``generate`` call (tracing, compiling or loading, graph capture, one decode) and a
+second, warm call. The
 first process compiles everything (cold), the second finds it (warm). Inductor's cache hit and miss counters
 are reported beside the times, so a warm start is shown to come from the cache.
 

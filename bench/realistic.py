@@ -26,9 +26,9 @@ optional parts that would not fit):
    ``generate`` eager, with a static cache (transformers compiles the forward itself then) and assisted
    generation (batch 1). ``compile-graph`` at batch 1 when the budget allows (``--parts core,hf`` skips it).
 6. **T5** (``--parts t5``, in the default parts, run last while the budget lasts): T5 v1.1 small -> large shapes
-   (61M draft, 750M target at vocabulary 32128, random weights, output matrix tied as transformers builds T5), random prompts as the encoder's input, the
-   temperature calibrated the same way; target-only, SpecDecode and token_v3 with a fixed gamma on ``graph`` at
-   every batch size, the encoder-decoder path of the static engines.
+   (61M draft, 750M target at vocabulary 32128, random weights, output matrix tied as transformers builds T5),
+   random prompts as the encoder's input, the temperature calibrated the same way; target-only, SpecDecode and
+   token_v3 with a fixed gamma on ``graph`` at every batch size, the encoder-decoder path of the static engines.
 7. JSON (everything) and markdown (``<out>.json``, ``<out>.md``, rewritten after every section); the
    markdown, with the targets table, is a pure function of the JSON (``--render``).
 
@@ -729,7 +729,8 @@ def markdown(R: dict[str, Any]) -> str:
         for p in sorted(A["policy"].values(), key=lambda p: (p["method"], p["draft"], p["batch"])):
             rounds = ", ".join(f"{g}: {n}" for g, n in (p.get("gamma_rounds") or {}).items())
             L.append(f"| {p['method']}, {p['draft']} | {p['batch']} | {_f(p['c'], 3)} | {_f(p['verify_slope'], 3)} "
-                     f"| {_f(p.get('round_overhead'), 3)} | {_f(p.get('plain_overhead'), 3)} | {_f(p['mean_gamma'], 2)} | "
+                     f"| {_f(p.get('round_overhead'), 3)} | {_f(p.get('plain_overhead'), 3)} | "
+                     f"{_f(p['mean_gamma'], 2)} | "
                      f"{_f(None if p['zero_share'] is None else 100 * p['zero_share'], 0)}% | {rounds} | "
                      f"{_f(p['acceptance'], 3)} | {_f(p['vs_target'], 2)}x | {_f(p['fixed_vs_target'], 2)}x | "
                      f"{_verdict(p['vs_fixed'], p.get('spread'))} |")
@@ -960,7 +961,9 @@ class RealisticRun:
         calib = random_prompts(4, 16 if self.smoke else 128, shapes["vocab"], args.seed + 1)
         agreement = agreement_by_temperature(draft, target, calib, device)
         T = pick_temperature(agreement)
-        count = (lambda m: sum(p.numel() for p in m.parameters()))
+        def count(m: Any) -> int:
+            return sum(p.numel() for p in m.parameters())
+
         R["t5"] = {"params": {"target": count(target), "draft": count(draft)}, "vocab": shapes["vocab"],
                    "agreement": agreement, "temperature": T, "build_s": time.perf_counter() - t0}
         log(f"t5: target {count(target) / 1e6:.1f}M, draft {count(draft) / 1e6:.1f}M parameters; 1 - TV by T "
@@ -973,7 +976,6 @@ class RealisticRun:
                 self.attempt(f"specref/graph/t5/{m}/b{b}",
                              lambda b=b, m=m: run_specref(draft, target, m, "graph", prompts, b, T, args, device,
                                                           False))
-        del target, draft
 
     def optional(self) -> list[tuple[str, float, Any]]:
         """The rest in priority order, with each one's expected seconds on one H200 (transformers compiles a 7B

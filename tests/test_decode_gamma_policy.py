@@ -11,15 +11,14 @@ from unittest import mock
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_decode_exact import LEVEL, SEED, N, combined_gof, report, rule_refs, sample
 from test_decode_fast import _assert_same
 
 from specref import rules
 from specref.decode import SpecCascadeDecoder, make_decoder
 from specref.decode import decoder as decoder_mod
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from specref.decode.gamma_policy import AdaptiveGamma, expected_tokens, expected_tokens_at, round_cost
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 
