@@ -58,6 +58,7 @@ if REPO not in sys.path:
 from bench.clock import elapsed, log, restart  # noqa: E402
 from bench.output import strip_suffix, write_report  # noqa: E402
 from bench.timing import sync  # noqa: E402
+from specref.options import fraction, nonneg_float, nonneg_int, positive_int  # noqa: E402
 
 __all__ = ["CONFIGS", "PAIR", "POLICY", "STOP", "STOP_POLICY", "build_parser", "main", "markdown", "render", "run",
            "summarize"]
@@ -91,22 +92,26 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="output prefix: <out>.json, <out>.md "
                     "(default: bench/results/cpu-assisted-policy)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts, 6 new tokens, 1 pass (seconds)")
-    ap.add_argument("--examples", type=int, default=None, help="test prompts, batch 1 each (default 32; smoke 2)")
-    ap.add_argument("--calib", type=int, default=None,
+    ap.add_argument("--examples", type=positive_int, default=None,
+                    help="test prompts, batch 1 each (default 32; smoke 2)")
+    ap.add_argument("--calib", type=positive_int, default=None,
                     help="prompts of the untimed calibration / warm-up pass (default 8; smoke 1)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens at most (default 96; smoke 6)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed passes over the prompts (default 3; smoke 1)")
-    ap.add_argument("--gamma", type=int, default=5, help="fixed gamma, the policy's largest g and transformers' "
+    ap.add_argument("--max-new-tokens", type=positive_int, default=None,
+                    help="new tokens at most (default 96; smoke 6)")
+    ap.add_argument("--repeats", type=positive_int, default=None,
+                    help="timed passes over the prompts (default 3; smoke 1)")
+    ap.add_argument("--gamma", type=positive_int, default=5,
+                    help="fixed gamma, the policy's largest g and transformers' "
                     "constant draft length (default: 5)")
-    ap.add_argument("--stop-threshold", type=float, default=STOP_DEFAULTS["stop_threshold"],
+    ap.add_argument("--stop-threshold", type=fraction, default=STOP_DEFAULTS["stop_threshold"],
                     help="draft_confidence_threshold of the confidence-stop configurations (default: 0.4, "
                          "transformers' assistant_confidence_threshold)")
-    ap.add_argument("--stop-gamma", type=int, default=STOP_DEFAULTS["stop_gamma"],
+    ap.add_argument("--stop-gamma", type=positive_int, default=STOP_DEFAULTS["stop_gamma"],
                     help="the confidence-stop configurations' largest block (default: 20, transformers' largest "
                          "draft)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the decodes (default: 0)")
+    ap.add_argument("--temperature", type=nonneg_float, default=1.0, help="sampling temperature (default: 1.0)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of the decodes (default: 0)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="measure nothing: rewrite a finished run's markdown from its JSON")
     return ap
@@ -697,4 +702,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"bench/assisted_cpu.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

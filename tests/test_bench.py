@@ -385,6 +385,8 @@ def test_realistic_targets_are_judged_against_their_spread():
     ("compile_warmup.py", ["--smoke", "--batch", "0"], "must be an integer >= 1, got '0'"),
     ("realistic.py", ["--smoke", "--batch-sizes", "1,2", "--compile-batch-sizes", "4"],
      "--compile-batch-sizes '4' must be among --batch-sizes 1,2"),
+    ("assisted_cpu.py", ["--smoke", "--stop-threshold", "1.5"], "--stop-threshold: must be in (0, 1), got '1.5'"),
+    ("assisted_cpu.py", ["--smoke", "--stop-gamma", "0"], "--stop-gamma: must be an integer >= 1, got '0'"),
 ])
 def test_bench_scripts_refuse_bad_input_from_the_command_line(tmp_path, script, args, match):
     """Through the command line: exit code 2, one line naming the value, no traceback, nothing written."""
