@@ -141,6 +141,8 @@ def markdown(R: dict[str, Any]) -> str:
         L.append(f"| {m} | {c['first_call_s']:.1f} | {w['first_call_s']:.1f} | {w['second_call_s']:.2f} | "
                  f"{c['fxgraph_cache_hit']} / {c['fxgraph_cache_miss']}; {w['fxgraph_cache_hit']} / "
                  f"{w['fxgraph_cache_miss']} | {_verdict(R, w['first_call_s'])} |")
+    L += ["", "Noise: one cold and one warm process, one first call each; the verdicts are not judged against "
+          "run-to-run spread."]
     if P.get("cold"):
         L += ["", f"Building the models took {P['cold']['build_s']:.1f} s per process (not in the first call)."]
     return "\n".join(L) + "\n"
