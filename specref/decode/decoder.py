@@ -295,9 +295,10 @@ class SpecCascadeDecoder(BaseDecoder):
         rows: Tensor | None = None,  # [>= B] 0, 1, 2, ...
     ) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor, Tensor, int]:
         """One speculative round of at most ``g`` drafts. Returns ``(finished, bad, verified, pend, pos, gen,
-        width)``: the finished rows, the non-finite flag, ``(accepted, verified)`` draft totals for a block-size
-        policy (``track``; else empty), the next round's pending token, its position, the rows' new lengths, and
-        the drafts of the round's widest row (``g`` unless the draft stop ended every row's drafting earlier)."""
+        width)``: the finished rows, the non-finite flag, for a block-size policy (``track``; else empty) the
+        ``[2 gamma]`` drafts verified and accepted at each draft position, the next round's pending token, its
+        position, the rows' new lengths, and the drafts of the round's widest row (``g`` unless the draft stop
+        ended every row's drafting earlier)."""
         # 1. draft g + 1 steps (after reading the tokens skipped by g = 0 rounds, if any)
         u_draft, u_acc, u_smp = plan.uniforms.round(keys, gen, g)
         block, q, q_rule, d_hidden, bad, limit = self._draft_block(
@@ -341,10 +342,7 @@ class SpecCascadeDecoder(BaseDecoder):
         draft.keep_last(g + 1, keep)
         target.keep_last(g + 1, keep)
         finished, gen_next = ctx.emit_lean(row_ids, gen, res.tokens, res.num_emitted)
-        if limit is None:
-            hits = counters.add(row_ids, acc, defer_drafted, g, track=track)
-        else:
-            hits = counters.add(row_ids, acc, defer_drafted, g, limit, planned, track=track)
+        hits = counters.add(row_ids, acc, defer_drafted, g, limit, planned, track=track)
         if ctx.on_round is not None:
             ctx.on_round(self._record(ctx, row_ids, gen, drafts, res, gen_next - gen, q, p, q_rule, p_rule, limit))
         ctx.rounds += 1
