@@ -184,6 +184,12 @@ def test_realistic_smoke_measures_every_part(realistic_run):
                 summary = R["analysis"]["policy"][f"specref/graph/{m}-adaptive/{d}/b{b}"]
                 assert summary["mean_gamma"] == pol["mean_gamma"] and summary["vs_target"] == pytest.approx(
                     pol["tokens_per_s"] / dec[f"specref/graph/target/b{b}"]["tokens_per_s"])
+        for d in ("1b", "0.5b"):  # the fixed SpecDecode row, timed again after the policy rows: both timings'
+            row = dec[f"specref/graph/specdecode/{d}/b{b}"]  # passes make its spread
+            again = row["recheck_tokens_per_s_each"]
+            assert len(again) == 1 and row["tokens_per_s_each"][-1:] == again and len(row["tokens_per_s_each"]) == 2
+            assert row["tokens_per_s"] == row["tokens_per_s_each"][0]
+    assert not any(k.endswith("#recheck") for k in dec)
     for key in ("transformers/eager/target/b1", "transformers/static/target/b1", "transformers/assisted/1b/b1",
                 "transformers/assisted/0.5b/b1", "transformers/static/target/b2"):
         assert dec[key]["tokens_per_s"] > 0, key
@@ -401,3 +407,40 @@ def test_bench_scripts_refuse_bad_input_from_the_command_line(tmp_path, script, 
     assert len(lines) == 1 or lines[0].startswith("usage:"), done.stderr
     assert match in lines[-1] and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _profiled(target_s: float, draft_s: float | None = None) -> dict:
+    per = {"target": {"seconds": target_s, "calls": 1}}
+    if draft_s is not None:
+        per["draft"] = {"seconds": draft_s, "calls": 1}
+    return {"profile": {"per_role": per}}
+
+
+def test_calibrate_charges_a_round_its_measured_time_not_the_batch_stragglers():
+    """The policy's round overhead comes from the fixed row's wall time per batch round. The batch's extra
+    rounds (it runs until its slowest row is done) leave it unchanged; only rows without round counts fall
+    back to the mean row's tokens per round, which charges those extra rounds to every round."""
+    from bench import realistic
+
+    # target-only: 10 ms forwards, 11 ms wall steps, 128 steps; a fixed round: 6 x 3 ms drafts + a 12 ms block
+    # = 30 ms of forwards, plus 4 ms of its own work = 34 ms a round
+    tgt = {"tokens_per_s": 8 / 0.011, "wall_s": 128 * 0.011, "rounds": 128, **_profiled(0.010)}
+    spec = {**_profiled(0.012, 0.003)}
+
+    def R(rounds: int) -> dict:  # a batch of 8 rows, 3.5 tokens per row and round, ``rounds`` batch rounds
+        fixed = {"tokens_per_s": 8 * 128 / (rounds * 0.034), "wall_s": rounds * 0.034, "rounds": rounds,
+                 "tokens_per_target_call": 3.5, "acceptance_rate": 0.8, **spec}
+        return {"args": {"gamma": 5}, "decode": {"specref/graph/target/b8": tgt,
+                                                 "specref/graph/specdecode/1b/b8": fixed}}
+
+    ideal, straggling = realistic.calibrate(R(37), "1b", "specdecode", 8), realistic.calibrate(R(44), "1b",
+                                                                                                 "specdecode", 8)
+    assert ideal["c"] == pytest.approx(0.3) and ideal["verify_slope"] == pytest.approx(0.04)
+    assert ideal["plain_overhead"] == pytest.approx(0.1)
+    # 34 ms = 3.4 forwards of 10 ms; the forwards are 6 c + 1 + 5 slope = 3.0: 0.4 of the round's own work
+    assert ideal["round_overhead"] == pytest.approx(0.4) and straggling["round_overhead"] == pytest.approx(0.4)
+    old = R(44)
+    for row in old["decode"].values():
+        row.pop("rounds", None)
+    assert realistic.calibrate(old, "1b", "specdecode", 8)["round_overhead"] > 0.4 + 0.5
+
