@@ -19,7 +19,15 @@ from test_decode_fast import _assert_same
 from specref import rules
 from specref.decode import SpecCascadeDecoder, make_decoder
 from specref.decode import decoder as decoder_mod
-from specref.decode.gamma_policy import AdaptiveGamma, expected_tokens, expected_tokens_at, round_cost
+from specref.decode.gamma_policy import (
+    AdaptiveGamma,
+    expected_max_normal,
+    expected_tokens,
+    expected_tokens_at,
+    round_cost,
+    straggler_factor,
+    tokens_per_round_sd,
+)
 from specref.decode.testing import TOY_PROMPTS, ragged_batch, toy_pair
 
 # ---- the policy ---------------------------------------------------------------------------------------------
@@ -72,6 +80,7 @@ def test_the_decoder_gives_the_policy_per_position_counts_that_add_up():
     class Recording(AdaptiveGamma):
         def choose(self, gamma_max, c, accepted, verified, allow_zero=False, since_draft=0, **kw):
             acc_at, ver_at = kw["by_position"]
+            assert kw["rows"] == 3 and kw["new_tokens"] == 30  # the call's batch and token budget
             seen.append((accepted, verified, list(acc_at), list(ver_at)))
             return super().choose(gamma_max, c, accepted, verified, allow_zero, since_draft, **kw)
 
@@ -93,9 +102,97 @@ def test_the_decoder_gives_the_policy_per_position_counts_that_add_up():
         assert last[3][0] > 0
 
 
-def test_by_position_must_be_a_bool():
-    with pytest.raises(ValueError, match="by_position must be True or False"):
-        AdaptiveGamma(by_position=1)
+@pytest.mark.parametrize("name", ["by_position", "stragglers"])
+def test_switches_must_be_bools(name):
+    with pytest.raises(ValueError, match=f"{name} must be True or False"):
+        AdaptiveGamma(**{name: 1})
+
+
+# ---- stragglers: a batch runs until its slowest row is done ------------------------------------------------------
+
+
+def _round_tokens_law(rates: list[float], g: int) -> dict[int, float]:
+    """P(X = x) of a round's tokens, by enumerating where the first rejection falls."""
+    law, alive = {}, 1.0
+    for k in range(g):
+        law[k + 1] = alive * (1 - rates[k])
+        alive *= rates[k]
+    law[g + 1] = alive
+    return law
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 8).flatmap(lambda g: st.tuples(
+    st.just(g), st.lists(st.sampled_from([0.0, 1.0, 0.5]) | st.floats(0.0, 1.0), min_size=g, max_size=g))))
+def test_round_token_sd_matches_enumeration(case):
+    g, rates = case
+    law = _round_tokens_law(rates, g)
+    mean = sum(x * p for x, p in law.items())
+    var = sum((x - mean) ** 2 * p for x, p in law.items())
+    assert sum(law.values()) == pytest.approx(1.0)
+    assert mean == pytest.approx(expected_tokens_at(g, rates))
+    assert tokens_per_round_sd(g, rates) == pytest.approx(var ** 0.5, abs=1e-7)
+
+
+def test_expected_max_of_normals():
+    assert expected_max_normal(1) == 0.0 and expected_max_normal(2) == pytest.approx(1 / 3.141592653589793 ** 0.5)
+    assert expected_max_normal(3) == pytest.approx(1.5 / 3.141592653589793 ** 0.5, rel=1e-6)  # 3 / (2 sqrt(pi))
+    zs = [expected_max_normal(n) for n in (1, 2, 8, 32, 64, 1000)]
+    assert zs == sorted(zs) and expected_max_normal(32) == pytest.approx(2.0697, abs=1e-3)
+    with pytest.raises(ValueError, match="n >= 1"):
+        expected_max_normal(0)
+
+
+def test_straggler_factor_predicts_the_batch_rounds():
+    """Simulated batches of rows that each need 128 tokens, acceptance 0.8 i.i.d., g = 5: the rounds until the
+    slowest row is done, per round the mean row needs, against the factor (which a factor of 1, the model
+    without stragglers, misses by 13-21%)."""
+    gen = torch.Generator().manual_seed(0)
+    a, g, n = 0.8, 5, 128
+    mean, sd = expected_tokens(g, a), tokens_per_round_sd(g, [a] * g)
+    for rows in (8, 32, 64):
+        trials = 300
+        # tokens of each row's rounds: 1 + the accepted drafts before the first rejection, at most g
+        acc = torch.rand(trials, rows, 80, g, generator=gen) < a
+        tokens = 1 + acc.int().cumprod(-1).sum(-1)  # [trials, rows, rounds]
+        rounds = (tokens.cumsum(-1) < n).sum(-1) + 1  # [trials, rows] rounds to reach n tokens
+        measured = rounds.max(dim=1).values.float().mean().item() / (n / mean)
+        predicted = straggler_factor(rows, n, mean, sd)
+        assert measured == pytest.approx(predicted, rel=0.03), (rows, measured, predicted)
+        assert measured > 1.1
+    assert straggler_factor(1, n, mean, sd) == 1.0 and straggler_factor(32, n, 1.0, 0.0) == 1.0
+
+
+def test_stragglers_turn_speculation_down_where_the_batch_would_lose():
+    """The H100 costs at batch 32 (c 0.28, verify slope 0.029, round overhead 0.24, plain 0.06) with acceptance
+    0.7: per mean row a block of 3 beats a plain step (1.02 against 0.94 tokens per target step), but the batch's
+    slowest row makes it 0.93 tokens per step: the policy takes plain steps. One row, or no token budget: no
+    charge. With acceptance 0.8 it still drafts, shorter than without the charge."""
+    pol = AdaptiveGamma(c=0.282, verify_slope=0.029, round_overhead=0.238, plain_overhead=0.061, prior_weight=1e-9,
+                        by_position=False)
+    at_07 = (700, 1000)
+    assert pol.choose(5, 0.0, *at_07, allow_zero=True) == 3
+    assert pol.choose(5, 0.0, *at_07, allow_zero=True, rows=1, new_tokens=128) == 3
+    assert pol.choose(5, 0.0, *at_07, allow_zero=True, rows=32) == 3  # no budget given
+    assert pol.choose(5, 0.0, *at_07, allow_zero=True, rows=32, new_tokens=128) == 0
+    assert dataclasses.replace(pol, stragglers=False).choose(5, 0.0, *at_07, allow_zero=True, rows=32,
+                                                             new_tokens=128) == 3
+    at_08 = (800, 1000)
+    assert pol.choose(5, 0.0, *at_08, allow_zero=True) == 4
+    assert 1 <= pol.choose(5, 0.0, *at_08, allow_zero=True, rows=32, new_tokens=128) <= 4
+    # a longer budget spreads the rows less, relative to the call: the charge shrinks towards none
+    assert pol.choose(5, 0.0, *at_07, allow_zero=True, rows=32, new_tokens=10 ** 7) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 1000), st.integers(1, 1000), st.integers(2, 128), st.integers(1, 4096))
+def test_more_rows_never_lengthen_the_block(acc, ver, rows, budget):
+    pol = AdaptiveGamma(c=0.25, verify_slope=0.03, round_overhead=0.2, plain_overhead=0.05, prior_weight=1.0)
+    acc = min(acc, ver)
+    one = pol.choose(6, 0.0, acc, ver, allow_zero=True)
+    many = pol.choose(6, 0.0, acc, ver, allow_zero=True, rows=rows, new_tokens=budget)
+    more = pol.choose(6, 0.0, acc, ver, allow_zero=True, rows=2 * rows, new_tokens=budget)
+    assert more <= many <= one
 
 
 def test_round_overhead_favours_long_blocks_over_plain_steps():

@@ -231,7 +231,7 @@ class SpecCascadeDecoder(BaseDecoder):
                 prof.round_begin()
             if policy is not None:  # this round's block size, from what earlier rounds did
                 g = policy.choose(self.gamma, self.c, accepted_so_far, verified_so_far, zero_ok, since_draft,
-                                  by_position=(accepted_at, verified_at))
+                                  by_position=(accepted_at, verified_at), rows=ctx.batch, new_tokens=ctx.max_new)
                 if isinstance(g, bool) or not isinstance(g, Integral) or not low <= g <= self.gamma:
                     raise ValueError(f"{type(policy).__name__}.choose returned {g!r}; a block size must be an "
                                      f"integer in {low}..{self.gamma}")

@@ -29,14 +29,29 @@ verification); it is only chosen once the call has verified as many drafts as th
 (``prior_weight``), so the prior alone never turns speculation off. The per-round work is what makes long
 blocks worth more than their draft forwards alone say: folding it into ``c`` instead charges it once per draft
 forward, so short blocks and plain steps look cheaper than they are.
+
+A batch shares its rounds, so it runs until its slowest row is done; a plain step gives every row exactly one
+token, a drafting round a random number. With ``stragglers`` (the default) and a batch of ``B > 1`` rows that
+may each emit ``N`` tokens, the policy divides a drafting round's expected tokens ``mu`` by the rounds the
+batch needs per round its mean row needs, ``1 + z_B sigma / sqrt(N mu)`` (:func:`straggler_factor`): a row's
+rounds to ``N`` tokens have mean about ``N / mu`` and standard deviation ``sqrt(N sigma^2 / mu^3)`` (the
+renewal central limit theorem; ``sigma`` is the standard deviation of a round's tokens,
+:func:`tokens_per_round_sd`), and the largest of ``B`` such counts exceeds the mean by about ``z_B`` of them,
+``z_B`` the expected largest of ``B`` standard normals (:func:`expected_max_normal`). On the 7B / 1B pair at
+acceptance 0.8 the factor is 1.13 / 1.19 / 1.21 at batch 8 / 32 / 64 for 128 tokens and ``g = 5``; the
+measured rounds were 1.09-1.27x / 1.15-1.21x / 1.20-1.32x those of the mean row. The factor charges the
+whole call's waste to every round, which is right for a block size held through the call; it takes the
+call's batch and token budget, not what is left of them, since the spread of the rows already made is sunk.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
-__all__ = ["AdaptiveGamma", "expected_tokens", "expected_tokens_at", "round_cost"]
+__all__ = ["AdaptiveGamma", "expected_max_normal", "expected_tokens", "expected_tokens_at", "round_cost",
+           "straggler_factor", "tokens_per_round_sd"]
 
 
 def expected_tokens(g: int, a: float) -> float:
@@ -54,6 +69,47 @@ def expected_tokens_at(g: int, rates: list[float]) -> float:
         alive *= rates[j]
         total += alive
     return total
+
+
+def tokens_per_round_sd(g: int, rates: list[float]) -> float:
+    """Standard deviation of a round's tokens ``X`` (``g`` drafts, draft ``j`` accepted with probability
+    ``rates[j]`` given that the drafts before it were, then a residual or bonus token): from
+    ``P(X >= k + 1) = r_0 ... r_(k-1)``, ``E X = sum_k P(X >= k + 1)`` and ``E X^2 = sum_k (2k + 1) P(X >= k + 1)``."""
+    mean = second = 0.0
+    alive = 1.0
+    for k in range(g + 1):
+        mean += alive
+        second += (2 * k + 1) * alive
+        if k < g:
+            alive *= rates[k]
+    return math.sqrt(max(0.0, second - mean * mean))
+
+
+@cache
+def expected_max_normal(n: int) -> float:
+    """``E max(Z_1, ..., Z_n)`` of ``n`` independent standard normals (0 for ``n = 1``, ``1 / sqrt(pi)`` for 2),
+    by the trapezoid rule on ``n z phi(z) Phi(z)^(n - 1)`` over [-9, 9]."""
+    if n < 1:
+        raise ValueError(f"expected_max_normal needs n >= 1, got {n!r}")
+    if n == 1:
+        return 0.0
+    lo, hi, steps = -9.0, 9.0, 3600
+    h = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps + 1):
+        z = lo + i * h
+        dens = n * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (0.5 * (1 + math.erf(z / math.sqrt(2)))) ** (n - 1)
+        total += (0.5 if i in (0, steps) else 1.0) * z * dens
+    return total * h
+
+
+def straggler_factor(rows: int, new_tokens: int, mean: float, sd: float) -> float:
+    """Rounds a batch of ``rows`` rows needs to give each ``new_tokens`` tokens, per round its mean row needs,
+    when a round gives a row ``mean`` tokens with standard deviation ``sd``: ``1 + z_rows sd / sqrt(new_tokens
+    mean)`` (see the module docstring; 1 for one row or a plain step)."""
+    if rows <= 1 or sd <= 0.0:
+        return 1.0
+    return 1.0 + expected_max_normal(rows) * sd / math.sqrt(max(new_tokens, 1) * mean)
 
 
 def round_cost(g: int, c: float, verify_slope: float, round_overhead: float = 0.0,
@@ -79,6 +135,8 @@ class AdaptiveGamma:
             so the acceptance estimate can recover when the text gets easier (>= 1).
         by_position: estimate the acceptance per draft position (given the drafts before it passed) when the
             decoder gives the per-position counts, instead of one rate for all positions.
+        stragglers: at a batch of several rows, count a drafting round's tokens at the rate the batch gets
+            them, its slowest row setting the call's length (:func:`straggler_factor`).
     """
 
     c: float | None = None
@@ -89,6 +147,7 @@ class AdaptiveGamma:
     prior_weight: float = 8.0
     probe_every: int = 16
     by_position: bool = True
+    stragglers: bool = True
 
     def __post_init__(self) -> None:
         if self.c is not None and not (math.isfinite(self.c) and self.c >= 0):
@@ -105,8 +164,9 @@ class AdaptiveGamma:
             raise ValueError(f"AdaptiveGamma prior_weight must be a finite number > 0, got {self.prior_weight!r}")
         if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 1:
             raise ValueError(f"AdaptiveGamma probe_every must be an integer >= 1, got {self.probe_every!r}")
-        if not isinstance(self.by_position, bool):
-            raise ValueError(f"AdaptiveGamma by_position must be True or False, got {self.by_position!r}")
+        for name in ("by_position", "stragglers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AdaptiveGamma {name} must be True or False, got {getattr(self, name)!r}")
 
     def acceptance(self, accepted: int, verified: int) -> float:
         """The running acceptance estimate from ``accepted`` of ``verified`` drafts so far."""
@@ -127,11 +187,13 @@ class AdaptiveGamma:
         return rates
 
     def choose(self, gamma_max: int, c: float, accepted: int, verified: int, allow_zero: bool = False,
-               since_draft: int = 0, *, by_position: tuple[list[int], list[int]] | None = None) -> int:
+               since_draft: int = 0, *, by_position: tuple[list[int], list[int]] | None = None, rows: int = 1,
+               new_tokens: int | None = None) -> int:
         """The block size of the next round (ties: the smaller ``g``). ``allow_zero``: a round may skip the
         draft; ``since_draft``: rounds in a row that did (a probe round follows ``probe_every`` of them);
         ``by_position``: the call's accepted and verified drafts at each draft position (used when
-        :attr:`by_position` is on)."""
+        :attr:`by_position` is on); ``rows`` and ``new_tokens``: the call's batch and the tokens each row may
+        emit (used when :attr:`stragglers` is on; None: no budget known, no straggler charge)."""
         if allow_zero and since_draft >= self.probe_every:
             return 1
         c = self.c if self.c is not None else c
@@ -145,6 +207,10 @@ class AdaptiveGamma:
             at = self.position_rates(gamma_max, a, *by_position)
             tokens = {g: expected_tokens_at(g, at) for g in range(low, gamma_max + 1)}
         else:
+            at = [a] * gamma_max
             tokens = {g: expected_tokens(g, a) for g in range(low, gamma_max + 1)}
+        if self.stragglers and rows > 1 and new_tokens:
+            tokens = {g: t / straggler_factor(rows, new_tokens, t, tokens_per_round_sd(g, at))
+                      for g, t in tokens.items()}
         rates = {g: tokens[g] / round_cost(g, c, *costs) for g in tokens}
         return max(rates, key=lambda g: (rates[g], -g))
