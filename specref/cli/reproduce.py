@@ -100,9 +100,8 @@ def _sharded_relaunch(args: argparse.Namespace, device: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specref.repro.reproduce import config_from_args, reproduce
-
     from specref.repro.heads import register_heads
+    from specref.repro.reproduce import config_from_args, reproduce
 
     t0 = time.perf_counter()
     head, named = register_heads(args.head)  # bad heads are refused before any process starts

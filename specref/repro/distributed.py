@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tp = args.tp_size > 1
     if tp:  # transformers sets up the process group for the shards (nccl on GPUs), when it loads the target
-        dist, rank, world, local_rank = None, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), 0
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        dist, local_rank = None, 0
     else:
         dist, rank, world, local_rank = _dist()
     try:  # every rank registers the plugin rules before the setups name them
