@@ -444,3 +444,21 @@ def test_calibrate_charges_a_round_its_measured_time_not_the_batch_stragglers():
         row.pop("rounds", None)
     assert realistic.calibrate(old, "1b", "specdecode", 8)["round_overhead"] > 0.4 + 0.5
 
+
+
+def test_straggler_sim_runs_the_policy_itself_and_refuses_bad_options(tmp_path, capsys):
+    from bench import straggler_sim
+
+    out = tmp_path / "sim.json"
+    assert straggler_sim.main(["--batches", "8", "--acceptances", "0.8,0.0", "--calls", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["acceptance"]) for r in rows] == [(8, 0.8), (8, 0.0)]
+    for r in rows:
+        assert r["vs_plain"]["plain"] == 1.0 and r["mean_g"]["fixed"] == 5.0 and r["mean_g"]["plain"] == 0.0
+    # nothing is ever accepted: drafting only loses, and both policies turn to plain steps but for their probes
+    assert rows[1]["vs_plain"]["fixed"] < 0.6 and rows[1]["mean_g"]["policy"] < 0.2
+    for bad, match in ((["--batches", "16"], "no calibrated costs"), (["--acceptances", "1.5"], "must be in"),
+                       (["--calls", "0"], "integer >= 1")):
+        with pytest.raises(SystemExit) as err:
+            straggler_sim.main(bad)
+        assert err.value.code == 2 and match in capsys.readouterr().err
