@@ -494,6 +494,15 @@ def _ratio(R: dict[str, Any], key: str) -> str:
     return f"{x / base:.2f}x" if x and base else "(not measured)"
 
 
+def _beside_graph(R: dict[str, Any]) -> str:
+    """``; compile-graph runs 1.18x, transformers' static cache + compile 0.98x of `graph``` for the rows that
+    were measured (empty when neither was)."""
+    named = (("compile-graph runs", "specref/compile-graph/target/b1"),
+             ("transformers' static cache + compile", "transformers/static/target/b1"))
+    runs = [f"{name} {_ratio(R, key)}" for name, key in named if _tps(R, key)]
+    return "; " + ", ".join(runs) + " of `graph`" if runs else ""
+
+
 def _target(measured: float | None, goal: float, text: str, limit: str, unit: str = "",
             spread: float | None = None) -> dict[str, Any]:
     """A target; ``spread``: the run-to-run spread (max / min - 1) of the rows behind ``measured`` (None: one
@@ -539,8 +548,7 @@ def targets(R: dict[str, Any], A: dict[str, Any]) -> dict[str, Any]:
         t1, 220, ">= 220 tok/s (best engine)",
         f"target step {st.get('ms', nan):.2f} ms with `graph` vs the floor {st.get('floor_ms', nan):.2f} ms "
         f"({st.get('x_floor', nan):.2f}x): the forward's own kernels (unfused norms, rotary, attention over the "
-        f"static capacity); compile-graph runs {_ratio(R, 'specref/compile-graph/target/b1')}, transformers' "
-        f"static cache + compile {_ratio(R, 'transformers/static/target/b1')} of `graph`", "tok/s", spread1)
+        "static capacity)" + _beside_graph(R), "tok/s", spread1)
     if st.get("floor_ms") and t1:
         T["target_only_b1_of_floor_rate"] = _target(t1 * st["floor_ms"] / 1e3, 0.74, ">= 0.74 of the floor's rate",
                                                     "as above", "x", spread1)
@@ -763,10 +771,19 @@ def markdown(R: dict[str, Any]) -> str:
         L += ["", "Not measured here: the gamma policy (not in this tree), the CPU comparison with assisted "
               "generation (suite's CPU mode), T5 static engines (refused by the static engines)."]
     else:
-        L += ["", "Not measured here: the CPU comparison with assisted generation (suite's CPU mode), T5 and "
-              "sliding-window models (the static engines run them; this bench times Llama shapes only), the "
-              "block-size policy on `compile-graph`"
-              + (", the block-size policy (`--policy off`)" if args["policy"] == "off" else "") + "."]
+        dec = R.get("decode", {})
+        missing = ["the CPU comparison with assisted generation (suite's CPU mode)",
+                   "sliding-window models (the static engines run them; this bench times Llama and T5 shapes)"
+                   if "t5" in R else "T5 and sliding-window models (the static engines run them; this run timed "
+                   "Llama shapes only)",
+                   "the block-size policy on `compile-graph`"]
+        if args["policy"] == "off":
+            missing.append("the block-size policy (`--policy off`)")
+        if not any(k.startswith("specref/compile-graph/") for k in dec):
+            missing.append("`compile-graph` (not in `--parts`, or `--compile off`)")
+        if not any(k.startswith("transformers/") for k in dec):
+            missing.append("transformers' rows (`hf` not in `--parts`)")
+        L += ["", "Not measured here: " + ", ".join(missing) + "."]
     if R.get("skipped"):
         L += ["", "Skipped for the time budget: " + ", ".join(R["skipped"]) + "."]
     if R.get("errors"):
