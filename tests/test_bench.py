@@ -462,3 +462,13 @@ def test_straggler_sim_runs_the_policy_itself_and_refuses_bad_options(tmp_path, 
         with pytest.raises(SystemExit) as err:
             straggler_sim.main(bad)
         assert err.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_policy_path_diagnostic_times_both_paths_twice(capsys):
+    from bench import policy_path
+
+    assert policy_path.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fixed g5", "policy const 5", "fixed g5 again", "policy const 5 again"):
+        assert f"== {name}: " in out
+    assert "-- per round: fixed g5 vs policy const 5" in out
