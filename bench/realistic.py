@@ -262,7 +262,7 @@ def calibrate(R: dict[str, Any], draft: str, method: str, batch: int) -> dict[st
     calibrate the same way, once per batch size).
 
     The round time is the batch's measured one, not the one implied by the mean row's tokens per round: a
-    batch runs until its slowest row is done (12-32% more rounds than the mean row needs at batch 8-64 and
+    batch runs until its slowest row is done (9-32% more rounds than the mean row needs at batch 8-64 and
     acceptance 0.8 in the committed runs), and that waste is not a cost of each round. Without the profiles,
     ``c`` absorbs the per-round work and both overheads are 0. Each call starts from the fixed row's
     acceptance as the policy's prior.

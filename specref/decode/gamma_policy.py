@@ -39,9 +39,12 @@ renewal central limit theorem; ``sigma`` is the standard deviation of a round's 
 :func:`tokens_per_round_sd`), and the largest of ``B`` such counts exceeds the mean by about ``z_B`` of them,
 ``z_B`` the expected largest of ``B`` standard normals (:func:`expected_max_normal`). On the 7B / 1B pair at
 acceptance 0.8 the factor is 1.13 / 1.19 / 1.21 at batch 8 / 32 / 64 for 128 tokens and ``g = 5``; the
-measured rounds were 1.09-1.27x / 1.15-1.21x / 1.20-1.32x those of the mean row. The factor charges the
+measured rounds were 1.09-1.27x / 1.15-1.19x / 1.20-1.32x those of the mean row. The factor charges the
 whole call's waste to every round, which is right for a block size held through the call; it takes the
 call's batch and token budget, not what is left of them, since the spread of the rows already made is sunk.
+It models the static engines, where a finished row keeps its place in every forward; on the dynamic ones
+(``plain``, ``fast``) finished rows leave the batch, so the tail costs less than the factor charges. EOS ends
+rows early too: ``N`` is the budget, not the expected length.
 """
 
 from __future__ import annotations
