@@ -53,15 +53,16 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+from specref.cost import expected_tokens_per_call
+
 __all__ = ["AdaptiveGamma", "expected_max_normal", "expected_tokens", "expected_tokens_at", "round_cost",
            "straggler_factor", "tokens_per_round_sd"]
 
 
 def expected_tokens(g: int, a: float) -> float:
-    """Expected tokens of a round of ``g`` drafts, each accepted with probability ``a`` (then a bonus)."""
-    if a >= 1.0:
-        return float(g + 1)
-    return (1.0 - a ** (g + 1)) / (1.0 - a)
+    """Expected tokens of a round of ``g`` drafts, each accepted with probability ``a`` (then a bonus): Eq. 1,
+    :func:`specref.cost.expected_tokens_per_call`, and 1 for a plain step (``g = 0``)."""
+    return 1.0 if g == 0 else expected_tokens_per_call(min(max(a, 0.0), 1.0), g)
 
 
 def expected_tokens_at(g: int, rates: list[float]) -> float:
