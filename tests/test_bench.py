@@ -472,3 +472,26 @@ def test_policy_path_diagnostic_times_both_paths_twice(capsys):
     for name in ("fixed g5", "policy const 5", "fixed g5 again", "policy const 5 again"):
         assert f"== {name}: " in out
     assert "-- per round: fixed g5 vs policy const 5" in out
+
+
+@pytest.mark.parametrize("script,args,match", [
+    ("straggler_sim.py", ["--batches", "16"], "no calibrated costs for [16]; allowed: [1, 8, 32, 64]"),
+    ("straggler_sim.py", ["--acceptances", "0.8,1.5"], "--acceptances must be in [0, 1], got (0.8, 1.5)"),
+    ("straggler_sim.py", ["--calls", "0"], "must be an integer >= 1, got '0'"),
+    ("policy_path.py", [], "needs a CUDA GPU (or --smoke)"),
+])
+def test_model_free_and_gpu_bench_scripts_refuse_bad_input_from_the_command_line(tmp_path, script, args, match):
+    """Through the command line: exit code 2, the usage line and one error line naming the value, no traceback,
+    nothing written (``--json`` names a file the refused run must not create)."""
+    import torch
+
+    if script == "policy_path.py" and torch.cuda.is_available():
+        pytest.skip("refuses only where there is no GPU")
+    out = tmp_path / "out" / "sim.json"
+    extra = ["--json", str(out)] if script == "straggler_sim.py" else []
+    cmd = [sys.executable, str(REPO / "bench" / script), *args, *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("usage:") and match in lines[-1] and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not (tmp_path / "out").exists()
