@@ -56,7 +56,7 @@ from functools import cache
 from specref.cost import expected_tokens_per_call
 
 __all__ = ["AdaptiveGamma", "expected_max_normal", "expected_tokens", "expected_tokens_at", "round_cost",
-           "straggler_factor", "tokens_per_round_sd"]
+           "round_token_moments", "straggler_factor", "tokens_per_round_sd"]
 
 
 def expected_tokens(g: int, a: float) -> float:
@@ -65,28 +65,30 @@ def expected_tokens(g: int, a: float) -> float:
     return 1.0 if g == 0 else expected_tokens_per_call(min(max(a, 0.0), 1.0), g)
 
 
+def round_token_moments(g_max: int, rates: list[float]) -> list[tuple[float, float]]:
+    """``(E X, sd X)`` of a round's tokens ``X`` for every ``g`` in ``0..g_max``, in one pass: ``g`` drafts,
+    draft ``j`` accepted with probability ``rates[j]`` given that the drafts before it were, then a residual or
+    bonus token. From ``P(X >= k + 1) = r_0 ... r_(k-1)``: ``E X = sum_k P(X >= k + 1)`` and
+    ``E X^2 = sum_k (2k + 1) P(X >= k + 1)``, partial sums over ``k = 0..g``."""
+    out, mean, second, alive = [], 0.0, 0.0, 1.0
+    for k in range(g_max + 1):
+        mean += alive
+        second += (2 * k + 1) * alive
+        out.append((mean, math.sqrt(max(0.0, second - mean * mean))))
+        if k < g_max:
+            alive *= rates[k]
+    return out
+
+
 def expected_tokens_at(g: int, rates: list[float]) -> float:
     """Expected tokens of a round of ``g`` drafts when draft ``j`` is accepted with probability ``rates[j]`` given
     that drafts ``0..j-1`` were (then a bonus): ``1 + r_0 + r_0 r_1 + ... + r_0 ... r_(g-1)``."""
-    total, alive = 1.0, 1.0
-    for j in range(g):
-        alive *= rates[j]
-        total += alive
-    return total
+    return round_token_moments(g, rates)[g][0]
 
 
 def tokens_per_round_sd(g: int, rates: list[float]) -> float:
-    """Standard deviation of a round's tokens ``X`` (``g`` drafts, draft ``j`` accepted with probability
-    ``rates[j]`` given that the drafts before it were, then a residual or bonus token): from
-    ``P(X >= k + 1) = r_0 ... r_(k-1)``, ``E X = sum_k P(X >= k + 1)`` and ``E X^2 = sum_k (2k + 1) P(X >= k + 1)``."""
-    mean = second = 0.0
-    alive = 1.0
-    for k in range(g + 1):
-        mean += alive
-        second += (2 * k + 1) * alive
-        if k < g:
-            alive *= rates[k]
-    return math.sqrt(max(0.0, second - mean * mean))
+    """Standard deviation of a round's tokens (``g`` drafts, per-position ``rates``; :func:`round_token_moments`)."""
+    return round_token_moments(g, rates)[g][1]
 
 
 @cache
@@ -207,14 +209,11 @@ class AdaptiveGamma:
         # counts
         low = 0 if allow_zero and verified >= self.prior_weight else 1
         costs = (self.verify_slope, self.round_overhead, self.plain_overhead)
-        if self.by_position and by_position is not None:
-            at = self.position_rates(gamma_max, a, *by_position)
-            tokens = {g: expected_tokens_at(g, at) for g in range(low, gamma_max + 1)}
-        else:
-            at = [a] * gamma_max
-            tokens = {g: expected_tokens(g, a) for g in range(low, gamma_max + 1)}
+        by_pos = self.by_position and by_position is not None
+        at = self.position_rates(gamma_max, a, *by_position) if by_pos else [a] * gamma_max
+        moments = round_token_moments(gamma_max, at)  # [(E X, sd X)] for g = 0..gamma_max
+        tokens = {g: moments[g][0] for g in range(low, gamma_max + 1)}
         if self.stragglers and rows > 1 and new_tokens:
-            tokens = {g: t / straggler_factor(rows, new_tokens, t, tokens_per_round_sd(g, at))
-                      for g, t in tokens.items()}
+            tokens = {g: t / straggler_factor(rows, new_tokens, t, moments[g][1]) for g, t in tokens.items()}
         rates = {g: tokens[g] / round_cost(g, c, *costs) for g in tokens}
         return max(rates, key=lambda g: (rates[g], -g))
